@@ -1,0 +1,83 @@
+"""The processes a benchmark runs against: a simulated engine and the gateway in front of it.
+
+Everything listens on 127.0.0.1 only, and every process started here is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from tests.support.processes import REPO, Process, free_port
+
+MODEL = "sim-model"
+TENANT = "bench"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A running engine and gateway, and a tenant key that the gateway accepts."""
+
+    engine_port: int
+    gateway_port: int
+    api_key: str
+    engine_pid: int
+    gateway_pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its waited-for children."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system + times.children_user + times.children_system)
+
+
+def _gateway_env(tmp: Path, engine_port: int, gateway_port: int) -> dict[str, str]:
+    pools = tmp / "pools.yaml"
+    pools.write_text(f'pools:\n  - served_name: {MODEL}\n    endpoints: ["http://127.0.0.1:{engine_port}"]\n')
+    limits = tmp / "limits.yaml"  # no defaults: the benchmark tenant is unlimited, not throttled
+    limits.write_text("defaults:\n")
+    return {
+        "GATEWAY_CONFIG_PATH": str(pools),
+        "GATEWAY_LIMITS_PATH": str(limits),
+        "GATEWAY_DATABASE_URL": f"sqlite:///{tmp / 'gateway.db'}",
+        "GATEWAY_PORT": str(gateway_port),
+        "GATEWAY_LOG_LEVEL": "warning",
+    }
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], env={**os.environ, **env}, cwd=REPO,
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
+@contextlib.contextmanager
+def running_stack(tmp: Path, output_tokens: int) -> Iterator[Stack]:
+    """Start the engine, create a tenant key, start the gateway; stop both on exit."""
+    with contextlib.ExitStack() as stack:
+        engine_port, gateway_port = free_port(), free_port()
+        engine = Process(
+            [sys.executable, "-m", "engines.sim", "--port", str(engine_port), "--model", MODEL,
+             "--output-tokens", str(output_tokens), "--ttft-ms", "0", "--itl-ms", "0",
+             "--log-level", "warning"],
+            tmp / "engine.log",
+        )  # fmt: skip
+        stack.callback(engine.stop)
+        engine.wait_http(f"http://127.0.0.1:{engine_port}/health", 30)
+
+        env = _gateway_env(tmp, engine_port, gateway_port)
+        _cli(env, "tenants", "create", TENANT)
+        api_key = _cli(env, "keys", "create", "--tenant", TENANT).strip().splitlines()[-1]
+        gateway = Process([sys.executable, "-m", "gateway.cli", "serve"], tmp / "gateway.log", env)
+        stack.callback(gateway.stop)
+        gateway.wait_http(f"http://127.0.0.1:{gateway_port}/health", 60)
+        yield Stack(engine_port, gateway_port, api_key, engine.popen.pid, gateway.popen.pid)

@@ -1,0 +1,41 @@
+"""``python -m engines --config configs/local.yaml``: run a pool spec's engines without a gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engines.launcher import EngineLauncher
+from engines.spec import load_spec
+
+
+async def _run(config: Path, data_dir: Path, timeout_s: float) -> None:
+    launcher = EngineLauncher(load_spec(config), data_dir, data_dir / "logs")
+    await launcher.start()
+    try:
+        await launcher.wait_ready(timeout_s, lambda line: logging.getLogger("engines").info("%s", line))
+        await launcher.supervise()
+    finally:
+        await launcher.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engines", description=__doc__)
+    parser.add_argument("--config", type=Path, default=Path("configs/local.yaml"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for /health")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_run(args.config, args.data_dir, args.timeout))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The admin API (``/admin``): tenants, keys and usage reports, for the admin token only.
+
+Routes are thin: ``TenancyService`` and ``UsageReporter`` (shared with the CLI) do the work; this
+module converts their records into wire models, which never carry a key's secret or hash except
+the secret of a key just created or rotated.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import HTMLResponse
+
+from gateway.api.deps import ReporterDep, TenancyDep, admin_caller
+from gateway.api.usage import PeriodDep, ReportFormat, report_reply
+from gateway.charts import render_usage_chart
+from gateway.errors import InvalidRequestError
+from gateway.limit_config import limit_fields
+from gateway.protocol import (
+    CreatedKey,
+    KeyCreateRequest,
+    KeyList,
+    KeyObject,
+    KeyRotateRequest,
+    KeyRotation,
+    KeyUpdateRequest,
+    LimitsObject,
+    TenantCreateRequest,
+    TenantList,
+    TenantObject,
+)
+from gateway.records import ApiKey, LimitValues, Tenant, TenantStatus
+from gateway.store.base import UNSET, GroupBy, _Unset
+from gateway.tenancy import IssuedKey, format_timestamp, parse_limits, parse_timestamp
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin_caller)])
+
+
+def limits_object(values: LimitValues | None) -> LimitsObject | None:
+    return LimitsObject.model_validate(limit_fields(values)) if values is not None else None
+
+
+def tenant_object(tenant: Tenant) -> TenantObject:
+    return TenantObject(
+        id=tenant.id, name=tenant.name, status=tenant.status, created_at=format_timestamp(tenant.created_at),
+        limits=limits_object(tenant.limits),
+    )  # fmt: skip
+
+
+def key_object(key: ApiKey) -> KeyObject:
+    return KeyObject(
+        id=key.id, tenant=key.tenant_name, prefix=key.prefix,
+        models=sorted(key.models) if key.models is not None else None,
+        expires_at=format_timestamp(key.expires_at) if key.expires_at is not None else None,
+        revoked_at=format_timestamp(key.revoked_at) if key.revoked_at is not None else None,
+        created_at=format_timestamp(key.created_at), limits=limits_object(key.limits),
+    )  # fmt: skip
+
+
+def created_key(issued: IssuedKey) -> CreatedKey:
+    return CreatedKey(**key_object(issued.key).model_dump(), secret=issued.secret)
+
+
+def _expiry(value: str | None) -> float | None:
+    return parse_timestamp(value) if value is not None else None
+
+
+# Tenants
+
+
+@router.post("/tenants", status_code=201)
+async def create_tenant(body: TenantCreateRequest, tenancy: TenancyDep) -> TenantObject:
+    return tenant_object(await tenancy.create_tenant(body.name))
+
+
+@router.get("/tenants")
+async def list_tenants(tenancy: TenancyDep, include_deleted: bool = False) -> TenantList:
+    return TenantList(data=[tenant_object(t) for t in await tenancy.list_tenants(include_deleted)])
+
+
+@router.get("/tenants/{name}")
+async def get_tenant(name: str, tenancy: TenancyDep) -> TenantObject:
+    return tenant_object(await tenancy.get_tenant(name))
+
+
+@router.post("/tenants/{name}/suspend")
+async def suspend_tenant(name: str, tenancy: TenancyDep) -> TenantObject:
+    return tenant_object(await tenancy.set_tenant_status(name, TenantStatus.suspended))
+
+
+@router.post("/tenants/{name}/activate")
+async def activate_tenant(name: str, tenancy: TenancyDep) -> TenantObject:
+    return tenant_object(await tenancy.set_tenant_status(name, TenantStatus.active))
+
+
+@router.delete("/tenants/{name}")
+async def delete_tenant(name: str, tenancy: TenancyDep) -> TenantObject:
+    """Soft delete: the tenant is kept (for billing) with status ``deleted``; its keys are revoked."""
+    return tenant_object(await tenancy.set_tenant_status(name, TenantStatus.deleted))
+
+
+@router.put("/tenants/{name}/limits")
+async def set_tenant_limits(name: str, body: LimitsObject, tenancy: TenancyDep) -> TenantObject:
+    """Replace the tenant's limits (fields left out or null: unlimited, also over the defaults)."""
+    return tenant_object(await tenancy.set_tenant_limits(name, parse_limits(body.model_dump())))
+
+
+@router.delete("/tenants/{name}/limits")
+async def clear_tenant_limits(name: str, tenancy: TenancyDep) -> TenantObject:
+    """Back to the configured defaults (``configs/limits.yaml``)."""
+    return tenant_object(await tenancy.set_tenant_limits(name, None))
+
+
+# Keys
+
+
+@router.post("/keys", status_code=201)
+async def create_key(body: KeyCreateRequest, tenancy: TenancyDep) -> CreatedKey:
+    return created_key(await tenancy.create_key(body.tenant, body.models, _expiry(body.expires_at)))
+
+
+@router.get("/keys")
+async def list_keys(tenancy: TenancyDep, tenant: str | None = None) -> KeyList:
+    return KeyList(data=[key_object(k) for k in await tenancy.list_keys(tenant)])
+
+
+@router.get("/keys/{key_id}")
+async def get_key(key_id: str, tenancy: TenancyDep) -> KeyObject:
+    return key_object(await tenancy.get_key(key_id))
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(key_id: str, body: KeyUpdateRequest, tenancy: TenancyDep) -> KeyObject:
+    """Fields sent are replaced (``null``: every model / never expires); fields left out are kept."""
+    if not body.model_fields_set:
+        raise InvalidRequestError("Send models and/or expires_at to change.")
+    models: list[str] | None | _Unset = body.models if "models" in body.model_fields_set else UNSET
+    expires: float | None | _Unset = (
+        _expiry(body.expires_at) if "expires_at" in body.model_fields_set else UNSET
+    )
+    return key_object(await tenancy.update_key(key_id, models, expires))
+
+
+@router.put("/keys/{key_id}/limits")
+async def set_key_limits(key_id: str, body: LimitsObject, tenancy: TenancyDep) -> KeyObject:
+    """Replace the key's own limits, which hold on top of its tenant's (which still count this key)."""
+    return key_object(await tenancy.set_key_limits(key_id, parse_limits(body.model_dump())))
+
+
+@router.delete("/keys/{key_id}/limits")
+async def clear_key_limits(key_id: str, tenancy: TenancyDep) -> KeyObject:
+    return key_object(await tenancy.set_key_limits(key_id, None))
+
+
+@router.post("/keys/{key_id}/revoke")
+async def revoke_key(key_id: str, tenancy: TenancyDep) -> KeyObject:
+    return key_object(await tenancy.revoke_key(key_id))
+
+
+@router.post("/keys/{key_id}/rotate", status_code=201)
+async def rotate_key(key_id: str, tenancy: TenancyDep, body: KeyRotateRequest | None = None) -> KeyRotation:
+    rotation = await tenancy.rotate_key(key_id, body.grace_s if body is not None else None)
+    return KeyRotation(key=created_key(rotation.new), previous=key_object(rotation.old))
+
+
+# Usage
+
+
+@router.get("/usage")
+async def usage(
+    reporter: ReporterDep, period: PeriodDep, tenant: str | None = None, group_by: GroupBy = "day",
+    format: ReportFormat = "json",
+) -> Response:  # fmt: skip
+    """One tenant's usage, or every tenant's when ``tenant`` is left out."""
+    return report_reply(await reporter.report(tenant, period, group_by), format)
+
+
+@router.get("/usage/chart", response_class=HTMLResponse)
+async def usage_chart(reporter: ReporterDep, period: PeriodDep, tenant: str | None = None) -> HTMLResponse:
+    return HTMLResponse(render_usage_chart(await reporter.daily_by_model(tenant, period)))

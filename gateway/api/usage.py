@@ -1,0 +1,47 @@
+"""``GET /v1/usage``: a tenant reads its own usage with its own key; the report helpers the admin
+API shares."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from gateway.api.deps import KeyDep, ReporterDep
+from gateway.errors import InvalidRequestError
+from gateway.reports import ReportPeriod, UsageReport, render_csv, report_response
+from gateway.store.base import GroupBy
+
+router = APIRouter(prefix="/v1")
+
+ReportFormat = Literal["json", "csv"]
+
+
+async def report_period(from_: Annotated[str, Query(alias="from")], to: str) -> ReportPeriod:
+    """``from`` and ``to`` are UTC days, both included."""
+    return ReportPeriod.parse(from_, to)
+
+
+PeriodDep = Annotated[ReportPeriod, Depends(report_period)]
+
+
+def report_reply(report: UsageReport, fmt: ReportFormat) -> Response:
+    if fmt == "csv":
+        return Response(render_csv(report), media_type="text/csv; charset=utf-8")
+    return JSONResponse(report_response(report).model_dump(by_alias=True))
+
+
+@router.get("/usage")
+async def own_usage(
+    request: Request, key: KeyDep, reporter: ReporterDep, period: PeriodDep,
+    group_by: GroupBy = "day", format: ReportFormat = "json",
+) -> Response:  # fmt: skip
+    """The caller's tenant only. Naming a tenant is refused rather than ignored, so that nobody
+    mistakes the answer for another tenant's usage."""
+    if "tenant" in request.query_params:
+        raise InvalidRequestError(
+            "This route reports the usage of the key's own tenant; it takes no tenant parameter.",
+            param="tenant", code="unknown_parameter",
+        )  # fmt: skip
+    return report_reply(await reporter.own_report(key, period, group_by), format)

@@ -1,0 +1,101 @@
+"""Every Prometheus metric the gateway exports, on a registry owned by the app.
+
+Label values are bounded: tenants and models are configured names (an unconfigured model is
+reported as ``unknown``), statuses are HTTP codes (``499`` when the client went away).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+UNKNOWN = "unknown"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class GatewayMetrics:
+    """The gateway's metrics; built once per app so tests get a clean registry each."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_requests", "Requests answered, by tenant, model and HTTP status.",
+            ["tenant", "model", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "gateway_tokens", "Tokens metered, by tenant, model and kind (prompt or completion).",
+            ["tenant", "model", "kind"], registry=self.registry,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds", "Time from request received to response ended.",
+            ["tenant", "model"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.time_to_first_token = Histogram(
+            "gateway_time_to_first_token_seconds", "Time from request received to first token sent.",
+            ["tenant", "model"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.inflight = Gauge(
+            "gateway_inflight_requests", "Requests being served now, by model.",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
+        self.engine_up = Gauge(
+            "gateway_engine_up", "1 when the engine endpoint passes health checks, else 0.",
+            ["model", "endpoint"], registry=self.registry,
+        )  # fmt: skip
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Requests refused for a missing, wrong, revoked or expired key.",
+            registry=self.registry,
+        )  # fmt: skip
+        self.ratelimited = Counter(
+            "gateway_ratelimited", "Requests refused by a limit, by tenant and reason "
+            "(requests, tokens, concurrency, monthly_tokens, monthly_cost).",
+            ["tenant", "reason"], registry=self.registry,
+        )  # fmt: skip
+        self.limiter_failures = Counter(
+            "gateway_limiter_failures", "Shared limiter (Redis) calls that failed, by operation.",
+            ["operation"], registry=self.registry,
+        )  # fmt: skip
+        self.budget_remaining = Gauge(
+            "gateway_budget_remaining", "What is left of each tenant's monthly budget, by kind "
+            "(tokens, or cost in the price table's currency).",
+            ["tenant", "kind"], registry=self.registry,
+        )  # fmt: skip
+        self.ledger_failures = Counter(
+            "gateway_ledger_write_failures", "Ledger batch writes that failed and were retried.",
+            registry=self.registry,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "gateway_queue_depth", "Requests waiting for a saturated pool's engines, by model.",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds", "Time a request waited in a pool's fair queue before an engine.",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.queue_rejected = Counter(
+            "gateway_queue_rejected", "Requests refused by a saturated pool's queue, by model and reason "
+            "(tenant_full, full, timeout).",
+            ["model", "reason"], registry=self.registry,
+        )  # fmt: skip
+
+    def observe_request(
+        self,
+        tenant: str,
+        model: str,
+        status: int,
+        prompt_tokens: int,
+        completion_tokens: int,
+        duration_s: float,
+        ttft_s: float | None,
+    ) -> None:
+        self.requests.labels(tenant, model, str(status)).inc()
+        if prompt_tokens:
+            self.tokens.labels(tenant, model, "prompt").inc(prompt_tokens)
+        if completion_tokens:
+            self.tokens.labels(tenant, model, "completion").inc(completion_tokens)
+        self.request_duration.labels(tenant, model).observe(duration_s)
+        if ttft_s is not None:
+            self.time_to_first_token.labels(tenant, model).observe(ttft_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,190 @@
+"""Wire models: OpenAI's requests and responses (with OpenAI's field names), then the gateway's
+own HTTP API (``/admin``, ``/v1/usage``), shaped like OpenAI's (``object``, ``data``).
+
+OpenAI requests are validated for the fields the gateway acts on and otherwise passed to the
+engine as sent (``extra="allow"``), so a new sampling parameter needs no gateway release. The
+gateway's own requests reject unknown fields (``extra="forbid"``): a typo is an error, not a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None
+
+
+class _GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    n: int | None = Field(default=None, ge=1, le=128)
+    user: str | None = None
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=0)
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    user: str | None = None
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int | None = 0
+    total_tokens: int = 0
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "gateway"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+# The gateway's own API. Times are ISO-8601 UTC strings; money is a decimal string.
+
+
+class TenantCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class LimitsObject(BaseModel):
+    """A tenant's or a key's limits; a field left out or ``null`` is unlimited at this level.
+
+    The same shape is sent (``PUT .../limits``) and returned (in a tenant or key).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: StrictInt | None = None  # requests per minute
+    tpm: StrictInt | None = None  # prompt + completion tokens per minute
+    max_concurrent: StrictInt | None = None
+    monthly_tokens: StrictInt | None = None  # per UTC calendar month
+    monthly_cost: str | None = None  # per UTC calendar month, in the price table's currency: "25.00"
+
+
+class TenantObject(BaseModel):
+    object: Literal["tenant"] = "tenant"
+    id: str
+    name: str
+    status: str  # active, suspended or deleted
+    created_at: str
+    limits: LimitsObject | None  # None: the configured defaults apply
+
+
+class TenantList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[TenantObject]
+
+
+class KeyCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    models: list[str] | None = None  # None: every model
+    expires_at: str | None = None  # ISO date (00:00 UTC) or date-time; None: never
+
+
+class KeyUpdateRequest(BaseModel):
+    """Fields left out stay as they are; ``null`` means every model / never expires."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] | None = None
+    expires_at: str | None = None
+
+
+class KeyRotateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grace_s: float | None = Field(default=None, ge=0)  # None: the server's key_rotation_grace_s
+
+
+class KeyObject(BaseModel):
+    """A key as listed: never its secret, never its hash."""
+
+    object: Literal["api_key"] = "api_key"
+    id: str
+    tenant: str
+    prefix: str
+    models: list[str] | None
+    expires_at: str | None
+    revoked_at: str | None
+    created_at: str
+    limits: LimitsObject | None  # the key's own, on top of its tenant's; None: none of its own
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyObject]
+
+
+class CreatedKey(KeyObject):
+    """The answer to a create or a rotation: the only time the secret is ever shown."""
+
+    secret: str
+
+
+class KeyRotation(BaseModel):
+    object: Literal["api_key.rotation"] = "api_key.rotation"
+    key: CreatedKey  # the replacement
+    previous: KeyObject  # the old key, now expiring at the end of the grace period
+
+
+class UsageLine(BaseModel):
+    group: str  # a UTC day (YYYY-MM-DD), a model or a key id; "total" in the totals line
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: str  # exact, fixed decimals
+
+
+class UsageReportResponse(BaseModel):
+    object: Literal["usage.report"] = "usage.report"
+    tenant: str | None  # None: every tenant (admin only)
+    from_: str = Field(alias="from")  # first UTC day, included
+    to: str  # last UTC day, included
+    group_by: str
+    currency: str
+    data: list[UsageLine]
+    total: UsageLine

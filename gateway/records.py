@@ -1,0 +1,120 @@
+"""Internal records shared by the store, auth and metering (not OpenAI's wire types)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Api(StrEnum):
+    """The OpenAI API a request called; also the ledger's ``api`` column."""
+
+    chat = "chat.completions"
+    completions = "completions"
+    embeddings = "embeddings"
+
+    @property
+    def path(self) -> str:
+        return _PATHS[self]
+
+
+_PATHS = {
+    Api.chat: "/v1/chat/completions",
+    Api.completions: "/v1/completions",
+    Api.embeddings: "/v1/embeddings",
+}
+
+
+class Outcome(StrEnum):
+    """How a metered request ended."""
+
+    ok = "ok"
+    error = "error"
+    aborted = "aborted"  # the client went away before the response ended
+    # The gateway died mid-request (found "started" in its journal at the next start).
+    interrupted = "interrupted"
+
+
+class TenantStatus(StrEnum):
+    active = "active"
+    suspended = "suspended"  # keys refused until reactivated; history kept
+    deleted = "deleted"  # keys revoked; the name and the ledger rows are kept for billing
+
+
+# Stored limits: any of rpm, tpm, max_concurrent, monthly_tokens, monthly_cost_pico (absent:
+# unlimited at this level). ``gateway.limits`` turns them into its typed ``Limits``.
+LimitValues = dict[str, int]
+LIMIT_NAMES = ("rpm", "tpm", "max_concurrent", "monthly_tokens", "monthly_cost_pico")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    created_at: float
+    status: TenantStatus = TenantStatus.active
+    limits: LimitValues | None = None  # None: the configured defaults apply
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A tenant key as stored: never the secret, only its hash and a display prefix."""
+
+    id: str
+    tenant_id: str
+    tenant_name: str
+    key_hash: str
+    prefix: str
+    created_at: float
+    models: frozenset[str] | None = None  # None: every model
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    tenant_status: str = "active"
+    limits: LimitValues | None = None  # this key's own limits, on top of its tenant's
+    tenant_limits: LimitValues | None = None
+
+    def usable_at(self, now: float) -> bool:
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return False
+        if self.expires_at is not None and self.expires_at <= now:
+            return False
+        return self.tenant_status == "active"
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """One ledger row: exactly one per request."""
+
+    request_id: str
+    tenant_id: str
+    key_id: str
+    model: str
+    api: str
+    started_at: float
+    endpoint: str = ""
+    outcome: Outcome = Outcome.ok
+    http_status: int = 200
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ended_at: float = 0.0
+    ttft_s: float | None = None
+    error_code: str | None = None
+    # Exact cost in picodollars (10^-12 of the currency unit): integers sum exactly in every
+    # database; ``gateway.pricing`` converts to and from ``Decimal``.
+    cost_pico: int = 0
+    price_version: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGroup:
+    """One line of a usage report: the totals of the rows sharing ``group``."""
+
+    group: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_pico: int

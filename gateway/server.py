@@ -1,0 +1,67 @@
+"""Running the app under uvicorn, with the settings that measured fastest."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from engines.spec import DeploymentSpec
+from gateway.app import create_app
+from gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",  # the caller's loop (uvloop when installed; see run_async)
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # the ledger is the access log; a line per request costs CPU
+        log_level=settings.log_level,
+        timeout_keep_alive=30,
+        backlog=4096,
+    )
+
+
+async def serve_gateway(settings: Settings, spec: DeploymentSpec | None = None) -> None:
+    server = uvicorn.Server(uvicorn_config(create_app(settings, spec), settings))
+    freeze_startup_objects()
+    await server.serve()
+
+
+def app_from_env() -> FastAPI:
+    """For ``uvicorn --factory gateway.server:app_from_env`` (several worker processes)."""
+    app = create_app(Settings())
+    freeze_startup_objects()
+    return app
+
+
+def freeze_startup_objects() -> None:
+    """Keep what the imports built (about 80,000 objects) out of every later full collection.
+
+    Each full collection walked them all, 40-50 ms with the event loop stopped, several times a
+    second under load. Measured with ``benchmarks/overhead.py``: p99 at 16 concurrent requests
+    fell from 10-49 ms to 6-10 ms, at 64 from 70-83 ms to 30 ms, and CPU per request by 5-15%.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def run_async(main: Coroutine[Any, Any, int | None]) -> int:
+    """Run ``main`` on uvloop when it is installed (measured cheaper per request than asyncio)."""
+    try:
+        import uvloop
+    except ImportError:
+        return int(asyncio.run(main) or 0)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return int(runner.run(main) or 0)

@@ -1,0 +1,104 @@
+"""Process settings (environment, ``GATEWAY_`` prefix). Pools live in the YAML spec."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_ADMIN_TOKEN_CHARS = 32
+_PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "example", "yourtoken", "xxxxxxxx")
+
+
+class SettingsError(ValueError):
+    """The settings are unfit to start with (e.g. a placeholder secret in production)."""
+
+
+class Settings(BaseSettings):
+    """Everything one gateway process needs to start; read from ``GATEWAY_*`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    config_path: Path = Path("configs/local.yaml")
+    data_dir: Path = Path("data")
+    # ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+    database_url: str = "sqlite:///data/gateway.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: str = "info"
+    # Bearer token of the /admin API. Production refuses to start without a random one; in
+    # development a missing token switches the admin API off.
+    admin_token: SecretStr | None = None
+    # How long a rotated key keeps working next to its replacement (default one day).
+    key_rotation_grace_s: float = Field(default=24 * 3600.0, ge=0)
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Revoked or expired keys stop working within this bound (the key cache's lifetime).
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+    health_interval_s: float = Field(default=2.0, gt=0)
+    health_timeout_s: float = Field(default=2.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Whole upstream request, first byte to last; generous because generations can be long.
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    # Per-model prices with effective dates (configs/prices.yaml); unset: costs are not computed.
+    prices_path: Path | None = Path("configs/prices.yaml")
+    # The local usage journal (crash and outage safety). One directory per gateway process:
+    # default ``data_dir/journal/port-<port>``.
+    journal_dir: Path | None = None
+    # fsync each journal line: survives power loss too, at the disk's sync latency per request.
+    journal_fsync: bool = False
+    # Limits: defaults for tenants without their own (configs/limits.yaml); a Redis URL shares
+    # the limits between gateway replicas (else each process limits on its own).
+    limits_path: Path | None = Path("configs/limits.yaml")
+    redis_url: str | None = None
+    # Redis down: admit unchecked (open) or refuse with 503 (closed). Logged and counted either way.
+    limiter_fail_open: bool = True
+    # A request's concurrency slot lapses after this long even if its replica died holding it.
+    limiter_lease_ttl_s: float = Field(default=900.0, gt=0)
+    # Output tokens reserved for a request that sets no max_tokens.
+    default_max_tokens: int = Field(default=1024, ge=1)
+    budget_refresh_s: float = Field(default=15.0, gt=0)
+    # How often each engine's /metrics (running, waiting, KV-cache use) is read for routing.
+    engine_stats_interval_s: float = Field(default=1.0, gt=0)
+    # Rows are durable in the journal first, so the database can take them in larger batches:
+    # 50 ms flushes were the main source of the c=1 latency tail (benchmarks/RESULTS.md).
+    ledger_flush_interval_s: float = Field(default=0.25, gt=0)
+    ledger_batch_size: int = Field(default=500, ge=1)
+    # Engine discovery (pools with ``discovery``, gateway/discovery.py): how often each pool's
+    # Service or DNS name is looked up again.
+    discovery_interval_s: float = Field(default=5.0, gt=0)
+
+    def journal_path(self) -> Path:
+        return self.journal_dir or self.data_dir / "journal" / f"port-{self.port}"
+
+    def check_startup(self) -> None:
+        """Refuse, outside development, to start with a missing or placeholder admin token."""
+        if self.environment == "development":
+            return
+        problem = admin_token_problem(self.admin_token)
+        if problem is not None:
+            raise SettingsError(
+                f"GATEWAY_ADMIN_TOKEN {problem}; {self.environment} needs a random token of at least "
+                f"{MIN_ADMIN_TOKEN_CHARS} characters, e.g. from "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+
+
+def admin_token_problem(token: SecretStr | None) -> str | None:
+    """Why ``token`` is unfit to guard the admin API, or None when it looks random enough."""
+    value = token.get_secret_value() if token is not None else ""
+    if not value.strip():
+        return "is not set"
+    if len(value) < MIN_ADMIN_TOKEN_CHARS:
+        return f"is shorter than {MIN_ADMIN_TOKEN_CHARS} characters"
+    letters = re.sub(r"[^a-z0-9]", "", value.lower())
+    if any(word in letters for word in _PLACEHOLDER_WORDS):
+        return "looks like a placeholder"
+    # "adminadmin…", "secretsecret…", "aaaa…": long, but nowhere near random.
+    if len(set(value)) < 8:
+        return "has too few distinct characters to be random"
+    return None

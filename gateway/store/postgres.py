@@ -1,0 +1,425 @@
+"""PostgreSQL store: psycopg 3 async, a small connection pool, one transaction per call.
+
+The schema lives in whatever schema the connection's ``search_path`` names, so a URL such as
+``postgresql://host/db?options=-csearch_path%3Dgateway`` keeps it out of ``public`` (tests use
+this to give each test a schema of its own). Several gateway processes may start at once: the
+migrations run under a transaction-scoped advisory lock, so exactly one applies each version.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from operator import attrgetter
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.records import ApiKey, LimitValues, Outcome, Tenant, TenantStatus, UsageGroup, UsageRecord
+from gateway.store.base import UNSET, ConflictError, GroupBy, NotFoundError, StoreError, _Unset
+
+Connection = psycopg.AsyncConnection[TupleRow]
+
+# Versioned migrations: index i brings the schema to version i + 1. Never edit a shipped one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL DEFAULT 'active',
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        key_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        models TEXT[],
+        expires_at DOUBLE PRECISION,
+        revoked_at DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
+    CREATE TABLE usage_ledger (
+        request_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        api TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        http_status INTEGER NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        completion_tokens BIGINT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        ended_at DOUBLE PRECISION NOT NULL,
+        ttft_s DOUBLE PRECISION,
+        error_code TEXT,
+        cost_pico BIGINT NOT NULL DEFAULT 0,
+        price_version TEXT
+    );
+    CREATE INDEX usage_ledger_tenant_time ON usage_ledger (tenant_id, started_at);
+    CREATE INDEX usage_ledger_time ON usage_ledger (started_at);
+    """,
+    """
+    ALTER TABLE tenants ADD COLUMN limits JSONB;
+    ALTER TABLE api_keys ADD COLUMN limits JSONB;
+    """,
+]
+
+# Any constant shared by every gateway process will do; this one spells "gw-migrate".
+_MIGRATION_LOCK = 0x67772D6D69677261
+
+_KEY_COLUMNS = (
+    "k.id, k.tenant_id, t.name, k.key_hash, k.prefix, k.created_at, k.models, "
+    "k.expires_at, k.revoked_at, t.status, k.limits, t.limits"
+)
+_TENANT_COLUMNS = "id, name, created_at, status, limits"
+_KEY_FROM = "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
+# Ledger columns with the array type each is sent as (one binary array per column: ``insert_usage``).
+_USAGE_TYPES = {
+    "request_id": "text", "tenant_id": "text", "key_id": "text", "model": "text", "api": "text",
+    "started_at": "float8", "endpoint": "text", "outcome": "text", "http_status": "int4",
+    "prompt_tokens": "int8", "completion_tokens": "int8", "ended_at": "float8", "ttft_s": "float8",
+    "error_code": "text", "cost_pico": "int8", "price_version": "text",
+}  # fmt: skip
+_USAGE_COLUMNS = ", ".join(_USAGE_TYPES)
+_INSERT_USAGE = (
+    f"INSERT INTO usage_ledger ({_USAGE_COLUMNS}) "
+    f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for t in _USAGE_TYPES.values())}) "
+    "ON CONFLICT (request_id) DO NOTHING"
+)
+# Report groupings: SQL expression per ``GroupBy``; days are UTC whatever the session's TimeZone.
+_UTC_DAY = "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+_GROUP_EXPR = {"day": _UTC_DAY, "model": "model", "key": "key_id"}
+
+
+def conninfo(database_url: str) -> str:
+    """The libpq URL: ``postgres://`` and ``postgresql+psycopg://`` become ``postgresql://``."""
+    scheme, sep, rest = database_url.partition("://")
+    if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ValueError(f"not a postgresql URL: {database_url!r}")
+    return f"postgresql://{rest}"
+
+
+def with_search_path(database_url: str, schema: str) -> str:
+    """``database_url`` with its connections' ``search_path`` set to ``schema`` (added to libpq options)."""
+    parts = urllib.parse.urlsplit(database_url)
+    query = urllib.parse.parse_qsl(parts.query)
+    options = " ".join([v for k, v in query if k == "options"] + [f"-csearch_path={schema}"])
+    query = [(k, v) for k, v in query if k != "options"] + [("options", options)]
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)  # libpq reads %20, not +
+    return urllib.parse.urlunsplit(parts._replace(query=encoded))
+
+
+def report_query(
+    tenant_id: str | None, start: float, end: float, group_by: GroupBy
+) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters ``usage_report`` runs (also what the index tests ``EXPLAIN``)."""
+    where, args = _usage_filter(tenant_id, start, end)
+    sql = (
+        f"SELECT {_GROUP_EXPR[group_by]} AS g, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
+        f"SUM(cost_pico) FROM usage_ledger {where} GROUP BY g ORDER BY g"
+    )
+    return sql, args
+
+
+def _new_id(kind: str) -> str:
+    return f"{kind}_{secrets.token_hex(8)}"
+
+
+def _key_from_row(row: Sequence[Any]) -> ApiKey:
+    models = frozenset(row[6]) if row[6] is not None else None
+    return ApiKey(
+        id=row[0], tenant_id=row[1], tenant_name=row[2], key_hash=row[3], prefix=row[4],
+        created_at=row[5], models=models, expires_at=row[7], revoked_at=row[8],
+        tenant_status=TenantStatus(row[9]), limits=_limits_from(row[10]), tenant_limits=_limits_from(row[11]),
+    )  # fmt: skip
+
+
+def _usage_columns(records: Sequence[UsageRecord]) -> list[list[Any]]:
+    """Column-wise values, sorted by request id so that concurrent batches lock rows in one order
+    (two batches taking overlapping ids in opposite orders would deadlock)."""
+    rows = sorted(records, key=attrgetter("request_id"))
+    return [list(map(attrgetter(column), rows)) for column in _USAGE_TYPES]
+
+
+def _usage_from_row(row: Sequence[Any]) -> UsageRecord:
+    return UsageRecord(
+        request_id=row[0], tenant_id=row[1], key_id=row[2], model=row[3], api=row[4],
+        started_at=row[5], endpoint=row[6], outcome=Outcome(row[7]), http_status=row[8],
+        prompt_tokens=row[9], completion_tokens=row[10], ended_at=row[11], ttft_s=row[12],
+        error_code=row[13], cost_pico=row[14], price_version=row[15],
+    )  # fmt: skip
+
+
+def _tenant_from_row(row: Sequence[Any]) -> Tenant:
+    return Tenant(
+        id=row[0], name=row[1], created_at=row[2], status=TenantStatus(row[3]), limits=_limits_from(row[4])
+    )
+
+
+def _limits_from(value: dict[str, Any] | None) -> LimitValues | None:
+    return {str(k): int(v) for k, v in value.items()} if value is not None else None
+
+
+def _limits_json(limits: LimitValues | None) -> Jsonb | None:
+    return Jsonb(limits) if limits is not None else None
+
+
+class PostgresStore:
+    """The ``Store`` on a PostgreSQL database (``postgresql://`` or ``postgres://`` URLs).
+
+    Every database failure surfaces as a ``StoreError`` (unique violations as ``ConflictError``),
+    so callers treat an unreachable database the same way whatever the driver said.
+    """
+
+    def __init__(self, database_url: str, pool_size: int = 4, timeout_s: float = 10.0) -> None:
+        self._conninfo = conninfo(database_url)
+        self._pool_size = pool_size
+        self._timeout_s = timeout_s  # to connect, and to wait for a free pooled connection
+        self._pool: AsyncConnectionPool[Connection] | None = None
+
+    @classmethod
+    def from_url(cls, database_url: str) -> PostgresStore:
+        return cls(database_url)
+
+    async def open(self) -> None:
+        # A direct connection first: an unreachable server fails at once with libpq's own
+        # message, instead of after the pool's retries as a bare timeout.
+        with _translated_errors():
+            connection = await psycopg.AsyncConnection.connect(
+                self._conninfo, connect_timeout=max(1, round(self._timeout_s))
+            )
+            async with connection:
+                await _migrate(connection)
+            pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+                self._conninfo, min_size=1, max_size=self._pool_size, timeout=self._timeout_s,
+                kwargs={"autocommit": True}, open=False, name="gateway-store",
+            )  # fmt: skip
+            try:
+                await pool.open(wait=True, timeout=self._timeout_s)
+            except BaseException:
+                await pool.close()
+                raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @asynccontextmanager
+    async def _connection(self, transaction: bool = True) -> AsyncIterator[Connection]:
+        """A pooled connection, in a transaction (committed on success, else rolled back) unless
+        the caller runs a single statement: one round trip instead of three in autocommit mode."""
+        if self._pool is None:
+            raise StoreError("store is not open")
+        with _translated_errors():
+            async with self._pool.connection() as conn:
+                if not transaction:
+                    yield conn
+                    return
+                async with conn.transaction():
+                    yield conn
+
+    async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[TupleRow]:
+        """Run one statement (atomic by itself) and return its rows."""
+        async with self._connection(transaction=False) as conn:
+            return await (await conn.execute(sql, args)).fetchall()
+
+    async def create_tenant(self, name: str) -> Tenant:
+        tenant = Tenant(id=_new_id("ten"), name=name, created_at=time.time())
+        rows = await self._fetchall(
+            "INSERT INTO tenants (id, name, status, created_at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (name) DO NOTHING RETURNING id",
+            (tenant.id, tenant.name, tenant.status.value, tenant.created_at),
+        )
+        if not rows:
+            raise ConflictError(f"tenant {name!r} exists already")
+        return tenant
+
+    async def get_tenant(self, name: str) -> Tenant:
+        async with self._connection(transaction=False) as conn:
+            return await _select_tenant(conn, name)
+
+    async def list_tenants(self, include_deleted: bool = False) -> list[Tenant]:
+        where = "" if include_deleted else "WHERE status != 'deleted'"
+        rows = await self._fetchall(f"SELECT {_TENANT_COLUMNS} FROM tenants {where} ORDER BY name")
+        return [_tenant_from_row(r) for r in rows]
+
+    async def set_tenant_status(self, name: str, status: TenantStatus) -> Tenant:
+        async with self._connection() as conn:
+            tenant = await _select_tenant(conn, name, lock="FOR UPDATE")
+            if tenant.status == TenantStatus.deleted and status != TenantStatus.deleted:
+                raise ConflictError(f"tenant {name!r} is deleted")
+            await conn.execute("UPDATE tenants SET status = %s WHERE id = %s", (status.value, tenant.id))
+            if status == TenantStatus.deleted:
+                await conn.execute(
+                    "UPDATE api_keys SET revoked_at = %s WHERE tenant_id = %s AND revoked_at IS NULL",
+                    (time.time(), tenant.id),
+                )
+            return await _select_tenant(conn, name)
+
+    async def set_tenant_limits(self, name: str, limits: LimitValues | None) -> Tenant:
+        async with self._connection() as conn:
+            tenant = await _select_tenant(conn, name, lock="FOR UPDATE")
+            await conn.execute(
+                "UPDATE tenants SET limits = %s WHERE id = %s", (_limits_json(limits), tenant.id)
+            )
+            return await _select_tenant(conn, name)
+
+    async def create_key(
+        self,
+        tenant_name: str,
+        key_hash: str,
+        prefix: str,
+        models: frozenset[str] | None,
+        expires_at: float | None,
+    ) -> ApiKey:
+        async with self._connection() as conn:
+            # FOR SHARE: a concurrent delete waits, so no key is added to a tenant being deleted.
+            tenant = await _select_tenant(conn, tenant_name, lock="FOR SHARE")
+            if tenant.status == TenantStatus.deleted:
+                raise ConflictError(f"tenant {tenant_name!r} is deleted")
+            key = ApiKey(
+                id=_new_id("key"), tenant_id=tenant.id, tenant_name=tenant.name, key_hash=key_hash,
+                prefix=prefix, created_at=time.time(), models=models, expires_at=expires_at,
+                tenant_status=tenant.status,
+            )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, models, expires_at, created_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (key.id, key.tenant_id, key_hash, prefix, _models_value(models), expires_at, key.created_at),
+            )
+        return key
+
+    async def get_key(self, key_id: str) -> ApiKey:
+        async with self._connection(transaction=False) as conn:
+            return await _select_key(conn, key_id)
+
+    async def get_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        rows = await self._fetchall(f"SELECT {_KEY_COLUMNS} {_KEY_FROM} WHERE k.key_hash = %s", (key_hash,))
+        return _key_from_row(rows[0]) if rows else None
+
+    async def list_keys(self, tenant_name: str | None = None) -> list[ApiKey]:
+        where, args = ("WHERE t.name = %s", (tenant_name,)) if tenant_name else ("", ())
+        rows = await self._fetchall(
+            f"SELECT {_KEY_COLUMNS} {_KEY_FROM} {where} ORDER BY k.created_at, k.id", args
+        )
+        return [_key_from_row(r) for r in rows]
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                (time.time(), key_id),
+            )
+            return await _select_key(conn, key_id)
+
+    async def update_key(
+        self,
+        key_id: str,
+        models: frozenset[str] | None | _Unset = UNSET,
+        expires_at: float | None | _Unset = UNSET,
+        limits: LimitValues | None | _Unset = UNSET,
+    ) -> ApiKey:
+        async with self._connection() as conn:
+            await _select_key(conn, key_id)
+            if not isinstance(limits, _Unset):
+                await conn.execute(
+                    "UPDATE api_keys SET limits = %s WHERE id = %s", (_limits_json(limits), key_id)
+                )
+            if not isinstance(models, _Unset):
+                await conn.execute(
+                    "UPDATE api_keys SET models = %s WHERE id = %s", (_models_value(models), key_id)
+                )
+            if not isinstance(expires_at, _Unset):
+                await conn.execute("UPDATE api_keys SET expires_at = %s WHERE id = %s", (expires_at, key_id))
+            return await _select_key(conn, key_id)
+
+    async def insert_usage(self, records: Sequence[UsageRecord]) -> int:
+        # One statement per batch: a binary array per column, unnested server-side. Faster than
+        # executemany (pipelined) one-row INSERTs, and text arrays would be slower than both, as
+        # parsing them costs the server more (benchmarks/RESULTS.md, "Ledger").
+        if not records:
+            return 0
+        async with self._connection(transaction=False) as conn:
+            cursor = await conn.execute(_INSERT_USAGE, _usage_columns(records))
+            return cursor.rowcount
+
+    async def list_usage(
+        self, tenant_id: str | None = None, start: float | None = None, end: float | None = None
+    ) -> list[UsageRecord]:
+        where, args = _usage_filter(tenant_id, start, end)
+        rows = await self._fetchall(
+            f"SELECT {_USAGE_COLUMNS} FROM usage_ledger {where} ORDER BY started_at, request_id", args
+        )
+        return [_usage_from_row(r) for r in rows]
+
+    async def usage_report(
+        self, tenant_id: str | None, start: float, end: float, group_by: GroupBy
+    ) -> list[UsageGroup]:
+        rows = await self._fetchall(*report_query(tenant_id, start, end, group_by))
+        # SUM over BIGINT is NUMERIC in PostgreSQL (it cannot overflow); Python ints are exact too.
+        return [UsageGroup(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Driver errors as the store's: unique violations → ``ConflictError``, the rest → ``StoreError``."""
+    try:
+        yield
+    except psycopg.errors.UniqueViolation as exc:
+        raise ConflictError(str(exc).strip()) from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"postgresql: {str(exc).strip() or type(exc).__name__}") from exc
+
+
+async def _migrate(conn: Connection) -> None:
+    """Bring the schema to the latest version; concurrent callers queue on the advisory lock."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+        row = await (await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")).fetchone()
+        current = int(row[0]) if row is not None else 0
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            await conn.execute(script)
+            await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+
+
+def _models_value(models: frozenset[str] | None) -> list[str] | None:
+    return sorted(models) if models is not None else None
+
+
+def _usage_filter(
+    tenant_id: str | None, start: float | None, end: float | None
+) -> tuple[str, tuple[Any, ...]]:
+    pairs = (("tenant_id = %s", tenant_id), ("started_at >= %s", start), ("started_at < %s", end))
+    clauses = [clause for clause, value in pairs if value is not None]
+    args = tuple(value for _, value in pairs if value is not None)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+async def _select_tenant(
+    conn: Connection, name: str, lock: Literal["", "FOR UPDATE", "FOR SHARE"] = ""
+) -> Tenant:
+    cursor = await conn.execute(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE name = %s {lock}", (name,))
+    row = await cursor.fetchone()
+    if row is None:
+        raise NotFoundError(f"no tenant named {name!r}")
+    return _tenant_from_row(row)
+
+
+async def _select_key(conn: Connection, key_id: str) -> ApiKey:
+    cursor = await conn.execute(f"SELECT {_KEY_COLUMNS} {_KEY_FROM} WHERE k.id = %s", (key_id,))
+    row = await cursor.fetchone()
+    if row is None:
+        raise NotFoundError(f"no key with id {key_id!r}")
+    return _key_from_row(row)

@@ -1,0 +1,41 @@
+"""Settings: production refuses to start without a real admin token."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+
+from engines.spec import DeploymentSpec
+from gateway.app import create_app
+from gateway.settings import Settings, SettingsError, admin_token_problem
+
+GOOD = "Xq3v9Lr0Tz7Kp2Wm5Bn8Cj4Hd6Fg1Ys0Ae"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [None, "", "   ", "changeme", "admin", "secret", "short-but-random-9fK2",
+     "changeme-changeme-changeme-changeme", "adminadminadminadminadminadminadmin", "a" * 64,
+     "please-replace-me-with-a-real-token-0000", "CHANGE_ME_3c1d9f0b27a84e6d9b5c4a3f2e1d0c9b"],
+)  # fmt: skip
+def test_production_refuses_a_missing_or_placeholder_admin_token(token: str | None) -> None:
+    settings = Settings(environment="production", admin_token=token)
+    assert admin_token_problem(settings.admin_token) is not None
+    with pytest.raises(SettingsError, match="GATEWAY_ADMIN_TOKEN"):
+        create_app(settings, DeploymentSpec(pools=[]))
+
+
+def test_production_starts_with_a_random_token_and_development_without_any() -> None:
+    assert admin_token_problem(SecretStr(GOOD)) is None
+    Settings(environment="production", admin_token=GOOD).check_startup()
+    Settings(environment="development").check_startup()
+    create_app(Settings(environment="production", admin_token=GOOD), DeploymentSpec(pools=[]))
+
+
+def test_the_admin_token_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", GOOD)
+    monkeypatch.setenv("GATEWAY_KEY_ROTATION_GRACE_S", "60")
+    settings = Settings()
+    assert settings.admin_token is not None and settings.admin_token.get_secret_value() == GOOD
+    assert settings.key_rotation_grace_s == 60
+    assert GOOD not in repr(settings)
