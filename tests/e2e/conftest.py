@@ -64,7 +64,7 @@ async def _launch(pool: PoolSpec, log_dir: Path) -> tuple[EngineLauncher, Engine
 async def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Engine]:
     pool = PoolSpec(
         served_name=TINY, model="builtin:tiny-llama", base_port=free_port(),
-        vllm_args=["--max-model-len", "2048", "--max-num-seqs", "8", "--dtype", "float32"],
+        vllm_args=["--max-model-len", "16384", "--max-num-seqs", "8", "--dtype", "float32"],
         env={"VLLM_CPU_KVCACHE_SPACE": "1"},
     )  # fmt: skip
     launcher, engine = await _launch(pool, tmp_path_factory.mktemp("vllm-logs"))
