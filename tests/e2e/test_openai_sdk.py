@@ -111,12 +111,13 @@ def test_client_abort_mid_stream_bills_what_the_engine_generated(
     vllm_engine.wait_idle()
     prompt_before, generated_before = vllm_engine.counters()
     max_tokens = 12000
+    options = {"include_usage": True, "continuous_usage_stats": True}
     stream = sdk.chat.completions.create(
         # Far more than the engine can make before the gateway sees the client leave, even on a
         # loaded machine. The client counts tokens from the running usage, not chunks: a lagging
         # vLLM API server merges many tokens into one chunk.
         model=TINY, messages=MESSAGES, max_tokens=max_tokens, stream=True,  # type: ignore[arg-type]
-        extra_body={"ignore_eos": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+        extra_body={"ignore_eos": True, "stream_options": options},
     )  # fmt: skip
     for chunk in stream:
         if chunk.usage is not None and chunk.usage.completion_tokens >= 20:
