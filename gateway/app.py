@@ -26,6 +26,7 @@ from gateway.errors import (
     MethodNotAllowedError,
     RouteNotFoundError,
 )
+from gateway.health import EjectionPolicy, HealthChecker
 from gateway.journal import Journal, recovered_rows
 from gateway.limit_config import load_default_limits
 from gateway.limits import create_limiter
@@ -34,7 +35,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceBook, load_prices
 from gateway.proxy import ProxyService
 from gateway.records import Outcome
-from gateway.routing import HealthChecker, Router
+from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.state import GatewayState
 from gateway.store import Store, create_store
@@ -106,14 +107,21 @@ async def _build_state(settings: Settings, spec: DeploymentSpec, store: Store | 
     metrics = GatewayMetrics()
     session = create_session()
     router = Router.from_spec(spec, metrics)
-    health = HealthChecker(router, session, metrics, settings.health_interval_s, settings.health_timeout_s)
+    ejection = EjectionPolicy(
+        settings.eject_after_failures, settings.eject_cooldown_s, settings.eject_max_cooldown_s
+    )
+    health = HealthChecker(
+        router, session, metrics, settings.health_interval_s, settings.health_timeout_s, ejection
+    )
     ledger = LedgerWriter(
         store, journal, metrics, settings.ledger_flush_interval_s, settings.ledger_batch_size
     )
     meter = Meter(ledger, journal, prices, metrics, known_models=set(router.pools))
     admission = _admission(settings, spec, prices, metrics)
     _recover(journal, meter, leftovers)
-    upstream = UpstreamClient(session, settings.connect_timeout_s, settings.request_timeout_s)
+    upstream = UpstreamClient(
+        session, settings.connect_timeout_s, settings.request_timeout_s, settings.first_token_timeout_s
+    )
     proxy = ProxyService(router, upstream, health, admission, meter, metrics, settings.max_body_bytes)
     return GatewayState(
         settings=settings, spec=spec, store=store, metrics=metrics, session=session, router=router,

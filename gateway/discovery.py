@@ -28,7 +28,8 @@ from typing import Any, Protocol
 import aiohttp
 
 from engines.spec import DeploymentSpec, DiscoverySpec, KubernetesDiscoverySpec
-from gateway.routing import HealthChecker, Router
+from gateway.health import HealthChecker
+from gateway.routing import Router
 
 logger = logging.getLogger(__name__)
 

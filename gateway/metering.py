@@ -40,6 +40,9 @@ class LedgerWriter:
         self._pending: deque[UsageRecord] = deque()
         self._wakeup = asyncio.Event()
         self._closing = False
+        # One flush at a time: two would write the same batch and then each pop it, dropping
+        # unwritten rows from the queue (``close`` and callers may flush while ``run`` does).
+        self._flushing = asyncio.Lock()
 
     def submit(self, record: UsageRecord) -> None:
         self._pending.append(record)
@@ -61,6 +64,10 @@ class LedgerWriter:
             await self.flush()
 
     async def flush(self) -> None:
+        async with self._flushing:
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
         while self._pending:
             batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
             try:

@@ -42,6 +42,10 @@ class GatewayMetrics:
             "gateway_engine_up", "1 when the engine endpoint passes health checks, else 0.",
             ["model", "endpoint"], registry=self.registry,
         )  # fmt: skip
+        self.engine_ejections = Counter(
+            "gateway_engine_ejections", "Engines taken out of rotation after failed requests in a row.",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
         self.auth_failures = Counter(
             "gateway_auth_failures", "Requests refused for a missing, wrong, revoked or expired key.",
             registry=self.registry,

@@ -17,15 +17,28 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.admission import Admission
 from gateway.calls import EngineCall, parse_call
-from gateway.errors import GatewayError, ModelNotFoundError, NoHealthyEngineError, PayloadTooLargeError
+from gateway.errors import (
+    GatewayError,
+    ModelNotFoundError,
+    NoHealthyEngineError,
+    PayloadTooLargeError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from gateway.health import HealthChecker
 from gateway.limits import Reservation
 from gateway.metering import CLIENT_CLOSED, Meter
 from gateway.metrics import GatewayMetrics
 from gateway.policies import affinity_key
 from gateway.records import Api, ApiKey, Outcome, UsageRecord
 from gateway.relay import UsageShaper, UsageTracker, relay_body, relay_events
-from gateway.routing import Endpoint, EnginePool, HealthChecker, Router
-from gateway.upstream import EngineUnreachableError, UpstreamClient, UpstreamResponse
+from gateway.routing import Endpoint, EnginePool, Router
+from gateway.upstream import (
+    EngineConnectTimeoutError,
+    EngineUnreachableError,
+    UpstreamClient,
+    UpstreamResponse,
+)
 
 
 class ClientDisconnectedError(Exception):
@@ -232,25 +245,29 @@ class ProxyService:
     async def _open(
         self, pool: EnginePool, call: EngineCall, record: UsageRecord, tenant: str, session: str | None
     ) -> UpstreamResponse:
-        """Send to the best engine. An engine that cannot be reached, or that answers 5xx before
-        anything reached the client, is skipped for another; with none left, the last 5xx is
-        relayed as the engine sent it."""
+        """Send to the best engine. An engine that cannot be reached, that breaks off, or that
+        answers 5xx before anything reached the client, is skipped for another; with none left,
+        the last 5xx is relayed as the engine sent it (504 if connections timed out)."""
         key = affinity_key(call.payload, session) if pool.policy.wants_key else None
         tried: list[Endpoint] = []
         failed: UpstreamResponse | None = None  # a 5xx kept in case no other engine answers
+        timed_out = False
         while True:
             try:
                 endpoint = await pool.acquire(tenant, exclude=tried, key=key)
             except NoHealthyEngineError:
-                if failed is None:
-                    raise
-                return self._settle_on(failed, record)
+                if failed is not None:
+                    return self._settle_on(failed, record)
+                if timed_out:
+                    raise UpstreamTimeoutError("No engine accepted the connection in time.") from None
+                raise
+            tried.append(endpoint)
             try:
-                upstream = await self._upstream.post(endpoint, call.api.path, call.body, record.request_id)
-            except EngineUnreachableError:
+                upstream = await self._attempt(endpoint, call, record.request_id)
+            except EngineUnreachableError as exc:
                 pool.release(endpoint, tenant)
                 self._health.mark(endpoint, False)
-                tried.append(endpoint)
+                timed_out = timed_out or isinstance(exc, EngineConnectTimeoutError)
                 continue
             except BaseException:
                 pool.release(endpoint, tenant)
@@ -261,9 +278,26 @@ class ProxyService:
                 self._discard(failed, pool, tenant)
                 failed = None
             if upstream.status < 500:
+                self._health.succeeded(endpoint)
                 return self._settle_on(upstream, record)
+            self._health.failed(endpoint)
             failed = upstream
-            tried.append(endpoint)
+
+    async def _attempt(self, endpoint: Endpoint, call: EngineCall, request_id: str) -> UpstreamResponse:
+        """One engine's answer; a stream's only once its first event is in (first-token timeout)."""
+        upstream = await self._upstream.post(endpoint, call.api.path, call.body, request_id)
+        if not (call.stream and upstream.status == 200):
+            return upstream
+        try:
+            await upstream.read_head(self._upstream.first_token_timeout_s)
+        except UpstreamTimeoutError:
+            upstream.close()
+            self._health.failed(endpoint)
+            raise
+        except UpstreamError as exc:
+            upstream.close()  # it died before its first byte: another engine can take it over
+            raise EngineUnreachableError(exc.message) from None
+        return upstream
 
     def _settle_on(self, upstream: UpstreamResponse, record: UsageRecord) -> UpstreamResponse:
         self._metrics.inflight.labels(upstream.endpoint.model).inc()
@@ -298,6 +332,8 @@ class ProxyService:
         except GatewayError as exc:
             # Headers are gone already: a stream ends with an error event; a body just stops.
             exchange.error = exc
+            if isinstance(exc, UpstreamError):
+                self._health.failed(upstream.endpoint)
             if streamed:
                 yield exc.to_sse()
             return

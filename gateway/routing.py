@@ -10,13 +10,10 @@ given back through ``EnginePool.release``, which hands the freed slot to the nex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-import aiohttp
 
 from engines.spec import DeploymentSpec, PoolSpec
 from gateway.errors import EnginesBusyError, ModelNotFoundError, NoHealthyEngineError, TenantQueueFullError
@@ -43,6 +40,18 @@ class Endpoint:
     engine_running: int = 0
     engine_waiting: int = 0
     kv_usage: float = 0.0
+    # Passive ejection (gateway.health.Ejector): failed requests in a row, when the cool-down
+    # ends (monotonic; 0: not ejected), its length, and whether the half-open probe is out.
+    failures: int = 0
+    ejected_until: float = 0.0
+    cooldown_s: float = 0.0
+    probing: bool = False
+
+    def routable(self, now: float) -> bool:
+        """Healthy and not ejected; an ejected endpoint past its cool-down takes one probe."""
+        if not self.healthy:
+            return False
+        return self.ejected_until == 0.0 or (now >= self.ejected_until and not self.probing)
 
     def load(self) -> float:
         """One load score: this gateway's requests in flight or, when other replicas send here
@@ -80,14 +89,15 @@ class EnginePool:
     ) -> Endpoint:
         """The endpoint ``tenant`` would be sent to, saturation aside (takes no slot)."""
         skipped = set(exclude)
+        now = time.monotonic()
         reserved = self.dedicated.get(tenant or "")
-        own = [e for e in reserved or () if e.healthy and e not in skipped]
+        own = [e for e in reserved or () if e.routable(now) and e not in skipped]
         if own and not (self.spill_over and all(self._saturated(e) for e in own)):
             return self.policy.choose(own, key)
         if reserved and not self.spill_over:
             candidates = own  # without spill-over a tenant with engines of its own uses only those
         else:
-            candidates = [e for e in self.shared if e.healthy and e not in skipped] or own
+            candidates = [e for e in self.shared if e.routable(now) and e not in skipped] or own
         if not candidates:
             raise NoHealthyEngineError(f"No healthy engine is serving model `{self.model}` right now.")
         return self.policy.choose(candidates, key)
@@ -113,6 +123,8 @@ class EnginePool:
 
     def _take_slot(self, endpoint: Endpoint, tenant: str) -> None:
         endpoint.inflight += 1
+        if endpoint.ejected_until:
+            endpoint.probing = True  # half-open: this request decides whether it comes back
         if endpoint.dedicated_to is None and self.queue is not None:
             self._holding[tenant] = self._holding.get(tenant, 0) + 1
 
@@ -132,6 +144,7 @@ class EnginePool:
     def release(self, endpoint: Endpoint, tenant: str) -> None:
         """Give back a slot taken by ``acquire``; the next waiter, if any, gets it."""
         endpoint.inflight -= 1
+        endpoint.probing = False  # a probe that ended without a verdict lets the next one through
         if endpoint.dedicated_to is None and self.queue is not None:
             held = self._holding.get(tenant, 0) - 1
             if held > 0:
@@ -181,7 +194,8 @@ class EnginePool:
         return self.max_inflight is not None and endpoint.inflight >= self.max_inflight
 
     def _free(self, endpoints: list[Endpoint]) -> Endpoint | None:
-        free = [e for e in endpoints if e.healthy and not self._saturated(e)]
+        now = time.monotonic()
+        free = [e for e in endpoints if e.routable(now) and not self._saturated(e)]
         return self.policy.choose(free) if free else None
 
     def _grant(self, waiter: Waiter, endpoint: Endpoint) -> None:
@@ -263,56 +277,3 @@ class Router:
 
     def endpoints(self) -> list[Endpoint]:
         return [e for pool in self.pools.values() for e in pool.endpoints]
-
-
-class HealthChecker:
-    """Probes every endpoint's ``/health``; a failing endpoint gets no traffic until it passes."""
-
-    def __init__(
-        self,
-        router: Router,
-        session: aiohttp.ClientSession,
-        metrics: GatewayMetrics,
-        interval_s: float,
-        timeout_s: float,
-    ) -> None:
-        self._router = router
-        self._session = session
-        self._metrics = metrics
-        self._interval_s = interval_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-
-    async def check_all(self) -> None:
-        await self.check(self._router.endpoints())
-
-    async def check(self, endpoints: Iterable[Endpoint]) -> None:
-        await asyncio.gather(*(self._check(e) for e in endpoints))
-
-    def forget(self, endpoint: Endpoint) -> None:
-        """Drop a removed endpoint's ``gateway_engine_up`` series (pod addresses churn)."""
-        with contextlib.suppress(KeyError):
-            self._metrics.engine_up.remove(endpoint.model, endpoint.url)
-
-    async def run(self) -> None:
-        while True:
-            await self.check_all()
-            await asyncio.sleep(self._interval_s)
-
-    async def _check(self, endpoint: Endpoint) -> None:
-        try:
-            async with self._session.get(f"{endpoint.url}/health", timeout=self._timeout) as resp:
-                healthy = resp.status == 200
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            healthy = False
-        self.mark(endpoint, healthy)
-
-    def mark(self, endpoint: Endpoint, healthy: bool) -> None:
-        changed = healthy != endpoint.healthy
-        if changed:
-            logger.warning(
-                "engine %s for %s is %s", endpoint.url, endpoint.model, "up" if healthy else "DOWN"
-            )
-        endpoint.healthy = healthy
-        if changed and healthy:
-            self._router.pool(endpoint.model).drain()  # its free slots go to whoever waits
-        self._metrics.engine_up.labels(endpoint.model, endpoint.url).set(1 if healthy else 0)

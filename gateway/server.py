@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 from collections.abc import Coroutine
 from typing import Any
 
@@ -30,6 +31,9 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         log_level=settings.log_level,
         timeout_keep_alive=30,
         backlog=4096,
+        # SIGTERM: uvicorn closes the listening socket at once (new connections are refused, so
+        # readiness fails) and lets requests in flight, streams included, run this long.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )
 
 

@@ -41,9 +41,18 @@ class Settings(BaseSettings):
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
     health_interval_s: float = Field(default=2.0, gt=0)
     health_timeout_s: float = Field(default=2.0, gt=0)
+    # Timeouts towards engines; each one that fires answers 504 (mid-stream: an SSE error event).
+    # A connect timeout tries the next engine first; no first token is the engine's fault (it
+    # counts towards ejection); a whole request is generous because generations can be long.
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    # Whole upstream request, first byte to last; generous because generations can be long.
+    first_token_timeout_s: float = Field(default=120.0, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
+    # Passive ejection (gateway/health.py): failed requests in a row, first cool-down, longest.
+    eject_after_failures: int = Field(default=5, ge=1)
+    eject_cooldown_s: float = Field(default=10.0, gt=0)
+    eject_max_cooldown_s: float = Field(default=120.0, gt=0)
+    # On SIGTERM: stop accepting, let requests in flight finish for up to this long, then cut them.
+    drain_timeout_s: float = Field(default=30.0, ge=0)
     # Per-model prices with effective dates (configs/prices.yaml); unset: costs are not computed.
     prices_path: Path | None = Path("configs/prices.yaml")
     # The local usage journal (crash and outage safety). One directory per gateway process:

@@ -9,12 +9,13 @@ import aiohttp
 from engines.spec import DeploymentSpec
 from gateway.admission import Admission
 from gateway.auth import Authenticator
+from gateway.health import HealthChecker
 from gateway.journal import Journal
 from gateway.metering import LedgerWriter, Meter
 from gateway.metrics import GatewayMetrics
 from gateway.pricing import PriceBook
 from gateway.proxy import ProxyService
-from gateway.routing import HealthChecker, Router
+from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.store import Store
 

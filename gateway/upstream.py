@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -16,6 +17,10 @@ class EngineUnreachableError(UpstreamError):
     """No connection could be made: safe to try another engine, nothing was sent."""
 
 
+class EngineConnectTimeoutError(EngineUnreachableError):
+    """The connection was not made within the connect timeout."""
+
+
 class UpstreamResponse:
     """An engine's response whose body has not been read yet."""
 
@@ -24,8 +29,26 @@ class UpstreamResponse:
         self.endpoint = endpoint
         self.status = response.status
         self.content_type = response.headers.get("Content-Type", _JSON)
+        self._head = b""  # bytes read ahead by ``read_head``, relayed first by ``chunks``
+
+    async def read_head(self, timeout_s: float) -> None:
+        """Wait for the body's first bytes (a vLLM stream's first event comes with its first
+        token), keeping them for ``chunks``. Until they come nothing has reached the client, so
+        the caller can still answer 504, or try another engine if this one broke off."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                self._head = await self._response.content.readany()
+        except TimeoutError:
+            raise UpstreamTimeoutError(f"The engine sent no first token within {timeout_s:g}s.") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"The engine's response broke off: {type(exc).__name__}") from None
+        if not self._head:
+            raise UpstreamError("The engine ended its response before the first byte.")
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        if self._head:
+            head, self._head = self._head, b""
+            yield head
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
@@ -50,10 +73,15 @@ class UpstreamClient:
     """Sends a prepared body to one endpoint, mapping transport failures onto gateway errors."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, connect_timeout_s: float, request_timeout_s: float
+        self,
+        session: aiohttp.ClientSession,
+        connect_timeout_s: float,
+        request_timeout_s: float,
+        first_token_timeout_s: float,
     ) -> None:
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
+        self.first_token_timeout_s = first_token_timeout_s
 
     async def post(self, endpoint: Endpoint, path: str, body: bytes, request_id: str) -> UpstreamResponse:
         headers = {"Content-Type": _JSON, "X-Request-Id": request_id}
@@ -61,6 +89,8 @@ class UpstreamClient:
             response = await self._session.post(
                 endpoint.url + path, data=body, headers=headers, timeout=self._timeout
             )
+        except aiohttp.ConnectionTimeoutError:
+            raise EngineConnectTimeoutError("Could not connect to the engine in time.") from None
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
             raise EngineUnreachableError(f"Could not reach the engine: {type(exc).__name__}") from None
         except TimeoutError:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,11 +22,12 @@ CHAT = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "ma
 
 
 @contextlib.asynccontextmanager
-async def serving(sim_url: str, tmp_path: Path, pool: PoolSpec) -> AsyncIterator[Gateway]:
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'gateway.db'}", data_dir=tmp_path, health_interval_s=0.2,
-        auth_cache_ttl_s=0, limits_path=None,
-    )  # fmt: skip
+async def serving(sim_url: str, tmp_path: Path, pool: PoolSpec, **overrides: Any) -> AsyncIterator[Gateway]:
+    fields: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp_path / 'gateway.db'}", "data_dir": tmp_path,
+        "health_interval_s": 0.2, "auth_cache_ttl_s": 0, "limits_path": None,
+    }  # fmt: skip
+    settings = Settings(**(fields | overrides))
     app = create_app(settings, DeploymentSpec(pools=[pool]))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

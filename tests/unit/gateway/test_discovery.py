@@ -25,8 +25,9 @@ from gateway.discovery import (
     ready_urls,
 )
 from gateway.errors import NoHealthyEngineError
+from gateway.health import HealthChecker
 from gateway.metrics import GatewayMetrics
-from gateway.routing import Endpoint, HealthChecker, Router
+from gateway.routing import Endpoint, Router
 
 SLICES: dict[str, Any] = json.loads((Path(__file__).parent / "fixtures" / "endpointslices.json").read_text())
 MODEL = "llama-8b"
