@@ -1,4 +1,9 @@
-"""``python -m engines --config configs/local.yaml``: run a pool spec's engines without a gateway."""
+"""``python -m engines --config configs/local.yaml``: run a pool spec's engines without a gateway.
+
+``kill -HUP`` restarts them one at a time, each once its requests have finished (a gateway in
+another process keeps routing to it meanwhile and fails over when it stops; ``gateway up`` runs
+both in one process and stops routing to an engine before its restart).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ async def _run(config: Path, data_dir: Path, timeout_s: float) -> None:
     await launcher.start()
     try:
         await launcher.wait_ready(timeout_s, lambda line: logging.getLogger("engines").info("%s", line))
+        launcher.restart_on_sighup()
         await launcher.supervise()
     finally:
         await launcher.stop()

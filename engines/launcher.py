@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from engines.models import resolve_model_source
 from engines.spec import DeploymentSpec, PoolSpec
@@ -31,6 +33,19 @@ PROGRESS_EVERY_S = 10.0
 RESTART_BACKOFF_MAX_S = 30.0
 # A replica that stayed up this long is healthy again: its restart backoff starts over.
 STABLE_AFTER_S = 120.0
+
+
+# A planned restart waits this long for the engine's requests to finish before stopping it.
+DRAIN_TIMEOUT_S = 120.0
+_BUSY_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+class DrainHook(Protocol):
+    """Whoever routes to the engines: told before one is restarted on purpose and when it is back."""
+
+    async def drain(self, url: str) -> None: ...
+
+    async def resume(self, url: str) -> None: ...
 
 
 class EngineStartError(RuntimeError):
@@ -100,6 +115,7 @@ class ManagedEngine:
     restarts: int = 0
     failures_in_a_row: int = 0
     ready: bool = False
+    restarting: bool = False  # a planned restart is under way: the supervisor keeps off
 
     @property
     def alive(self) -> bool:
@@ -120,11 +136,15 @@ class ManagedEngine:
 class EngineLauncher:
     """Starts every launched replica of ``spec``, waits for health, restarts the dead, stops all."""
 
-    def __init__(self, spec: DeploymentSpec, data_dir: Path, log_dir: Path) -> None:
+    def __init__(
+        self, spec: DeploymentSpec, data_dir: Path, log_dir: Path, drain_hook: DrainHook | None = None
+    ) -> None:
         self._spec = spec
         self._data_dir = Path(data_dir)
         self._log_dir = Path(log_dir)
+        self.drain_hook = drain_hook
         self.engines: list[ManagedEngine] = []
+        self._rolling: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         # Building the tiny model takes seconds of CPU: keep the event loop free meanwhile.
@@ -188,7 +208,11 @@ class EngineLauncher:
         """Run until cancelled: restart any engine that exits, with exponential backoff."""
         while True:
             for engine in self.engines:
-                if engine.process is not None and engine.process.returncode is not None:
+                if (
+                    not engine.restarting
+                    and engine.process is not None
+                    and engine.process.returncode is not None
+                ):
                     await self._restart(engine)
             await asyncio.sleep(poll_s)
 
@@ -205,8 +229,71 @@ class EngineLauncher:
         engine.restarts += 1
         await self._spawn(engine)
 
+    async def restart(
+        self, name: str, drain_timeout_s: float = DRAIN_TIMEOUT_S, ready_timeout_s: float = 900.0
+    ) -> None:
+        """A planned restart: the router sends the engine nothing new (``drain_hook``), its
+        requests in flight finish (up to ``drain_timeout_s``), then it is stopped, started again
+        and, once ``/health`` answers, given traffic again."""
+        engine = next(e for e in self.engines if e.command.name == name)
+        url, hook = engine.command.url, self.drain_hook
+        engine.restarting = True
+        try:
+            if hook is not None:
+                await hook.drain(url)
+            if not await _wait_idle(url, drain_timeout_s):
+                logger.warning(
+                    "%s still busy after %.0f s of draining; restarting it anyway", name, drain_timeout_s
+                )
+            await self._stop_one(engine)
+            engine.restarts += 1
+            await self._spawn(engine)
+            await self._wait_one_ready(engine, ready_timeout_s)
+        finally:
+            engine.restarting = False
+            if hook is not None:
+                await hook.resume(url)  # health checks still keep it out if it did not come up
+
+    async def rolling_restart(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Restart every engine, one at a time, each drained first (``SIGHUP``)."""
+        for engine in list(self.engines):
+            logger.info("rolling restart: %s", engine.command.name)
+            await self.restart(engine.command.name, drain_timeout_s)
+
+    def restart_on_sighup(self) -> None:
+        """``kill -HUP``: a rolling restart (a second signal while one runs is ignored)."""
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            if self._rolling is None or self._rolling.done():
+                self._rolling = loop.create_task(self.rolling_restart(), name="rolling-restart")
+
+        loop.add_signal_handler(signal.SIGHUP, start)
+
+    async def _wait_one_ready(self, engine: ManagedEngine, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while not await _healthy(session, engine.command.url):
+                if not engine.alive or time.monotonic() > deadline:
+                    raise EngineStartError(f"{engine.command.name} did not come back; log {engine.log_path}")
+                await asyncio.sleep(0.5)
+        engine.ready = True
+
+    async def _stop_one(self, engine: ManagedEngine, grace_s: float = 20.0) -> None:
+        if engine.process is None:
+            return
+        _signal_group(engine, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(engine.process.wait(), grace_s)
+        except TimeoutError:
+            logger.warning("%s ignored SIGTERM for %.0f s; killing it", engine.command.name, grace_s)
+        _signal_group(engine, signal.SIGKILL)  # and whatever vLLM forked
+        await engine.process.wait()
+
     async def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM every engine's process group, then SIGKILL what is left after ``grace_s``."""
+        if self._rolling is not None:
+            self._rolling.cancel()
         running = [e for e in self.engines if e.alive]
         for engine in running:
             _signal_group(engine, signal.SIGTERM)
@@ -229,6 +316,29 @@ def _signal_group(engine: ManagedEngine, sig: int) -> None:
         os.killpg(engine.process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+async def _wait_idle(url: str, timeout_s: float) -> bool:
+    """Whether the engine reported no running or waiting request within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while True:
+            try:
+                async with session.get(f"{url}/metrics") as response:
+                    text = await response.text()
+            except (aiohttp.ClientError, TimeoutError):
+                return True  # nothing to drain from an engine that does not answer
+            busy = sum(
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name in _BUSY_METRICS
+            )
+            if busy == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
 
 
 async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:

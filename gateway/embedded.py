@@ -11,6 +11,7 @@ import signal
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 
 from engines.launcher import EngineLauncher
 from engines.spec import DeploymentSpec, load_spec
@@ -27,6 +28,25 @@ ENGINE_START_TIMEOUT_S = 900.0
 def _progress(line: str) -> None:
     sys.stderr.write(f"  {line}\n")
     sys.stderr.flush()
+
+
+class RouterDrain:
+    """The launcher's drain hook for the gateway in this process: before an engine restarts on
+    purpose (``kill -HUP``), no new request is routed to it; afterwards it is back in service."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    async def drain(self, url: str) -> None:
+        self._set(url, True)
+
+    async def resume(self, url: str) -> None:
+        self._set(url, False)
+
+    def _set(self, url: str, draining: bool) -> None:
+        state = getattr(self._app.state, "gateway", None)  # None until the lifespan has started
+        if state is not None:
+            state.router.set_draining(url, draining)
 
 
 async def create_demo_key(settings: Settings, tenant: str, models: frozenset[str]) -> str:
@@ -76,7 +96,10 @@ async def run_embedded(settings: Settings, demo_tenant: str) -> int:
         await launcher.wait_ready(ENGINE_START_TIMEOUT_S, _progress)
         supervisor = asyncio.create_task(launcher.supervise())
         secret = await create_demo_key(settings, demo_tenant, frozenset(p.served_name for p in spec.pools))
-        server = uvicorn.Server(uvicorn_config(create_app(settings, spec), settings))
+        app = create_app(settings, spec)
+        launcher.drain_hook = RouterDrain(app)
+        launcher.restart_on_sighup()
+        server = uvicorn.Server(uvicorn_config(app, settings))
         freeze_startup_objects()
         _leave_signals_to_uvicorn()
         serving = asyncio.create_task(server.serve())

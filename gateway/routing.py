@@ -46,10 +46,14 @@ class Endpoint:
     ejected_until: float = 0.0
     cooldown_s: float = 0.0
     probing: bool = False
+    # Taken out of service on purpose (its engine is about to restart): requests in flight
+    # finish, no new ones come.
+    draining: bool = False
 
     def routable(self, now: float) -> bool:
-        """Healthy and not ejected; an ejected endpoint past its cool-down takes one probe."""
-        if not self.healthy:
+        """Healthy, not draining and not ejected; an ejected endpoint past its cool-down takes
+        one probe."""
+        if not self.healthy or self.draining:
             return False
         return self.ejected_until == 0.0 or (now >= self.ejected_until and not self.probing)
 
@@ -277,3 +281,12 @@ class Router:
 
     def endpoints(self) -> list[Endpoint]:
         return [e for pool in self.pools.values() for e in pool.endpoints]
+
+    def set_draining(self, url: str, draining: bool) -> list[Endpoint]:
+        """Take the endpoints at ``url`` out of service (or back); returns them."""
+        matched = [e for e in self.endpoints() if e.url == url.rstrip("/")]
+        for endpoint in matched:
+            endpoint.draining = draining
+            if not draining:
+                self.pool(endpoint.model).drain()  # its free slots go to whoever waits
+        return matched
