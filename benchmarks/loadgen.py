@@ -185,17 +185,20 @@ async def _connect(host: str, port: int, on_response: Callable[[Connection, bool
 async def closed_loop(phase: dict[str, Any]) -> dict[str, Any]:
     """``concurrency`` connections, each sending its next request as soon as a response ends."""
     request = phase["request"].encode("latin-1")
-    start = time.perf_counter()
-    recorder = Recorder(start + phase["warmup_s"], start + phase["warmup_s"] + phase["duration_s"])
     finished = asyncio.get_running_loop().create_future()
     active = phase["concurrency"]
+    recorder = Recorder(0.0, 0.0)
 
     def on_response(connection: Connection, ok: bool, events: int) -> None:
         nonlocal active
         now = time.perf_counter()
         recorder.count(events)
-        if recorder.window_start <= now <= recorder.window_end:
+        # A window that no response ended in (a tiny --quick window on a busy machine) stays
+        # open until one does, so every phase reports something.
+        in_window = now <= recorder.window_end or not (recorder.latencies or recorder.errors)
+        if recorder.window_start <= now and in_window:
             recorder.add(now - connection.sent_at, ok, events)
+            recorder.window_end = max(recorder.window_end, now)
         if now < recorder.window_end and connection.transport is not None:
             connection.send(request, now)
             return
@@ -205,6 +208,9 @@ async def closed_loop(phase: dict[str, Any]) -> dict[str, Any]:
 
     cpu = time.process_time()
     connections = [await _connect(phase["host"], phase["port"], on_response) for _ in range(active)]
+    start = time.perf_counter()  # after connecting: the window measures requests only
+    recorder.window_start = start + phase["warmup_s"]
+    recorder.window_end = recorder.window_start + phase["duration_s"]
     for connection in connections:
         connection.send(request, time.perf_counter())
     await finished

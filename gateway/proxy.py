@@ -31,7 +31,7 @@ from gateway.metering import CLIENT_CLOSED, Meter
 from gateway.metrics import GatewayMetrics
 from gateway.policies import affinity_key
 from gateway.records import Api, ApiKey, Outcome, UsageRecord
-from gateway.relay import UsageShaper, UsageTracker, relay_body, relay_events
+from gateway.relay import SseSplitter, UsageShaper, UsageTracker, meter_unread, relay_body, relay_events
 from gateway.routing import Endpoint, EnginePool, Router
 from gateway.upstream import (
     EngineConnectTimeoutError,
@@ -98,6 +98,7 @@ class Exchange:
         self.pool: EnginePool | None = None  # where ``upstream``'s engine slot goes back
         self.completed = False
         self.error: GatewayError | None = None
+        self.splitter: SseSplitter | None = None  # a stream's, to meter what was left unrelayed
         self._finished = False
 
     def finish(self) -> None:
@@ -112,7 +113,12 @@ class Exchange:
             self._metrics.inflight.labels(endpoint.model).dec()
             # A response read to the end goes back to the pool; anything else is cut so the
             # engine aborts the generation instead of finishing it for nobody.
-            self.upstream.release() if self.completed else self.upstream.close()
+            if self.completed:
+                self.upstream.release()
+            else:
+                if self.splitter is not None:
+                    meter_unread(self.upstream.unread(), self.splitter, tracker)
+                self.upstream.close()
         if self.error is not None:
             record.outcome, record.http_status = Outcome.error, self.error.status_code
             record.error_code = self.error.code
@@ -313,7 +319,8 @@ class ProxyService:
         upstream = exchange.upstream
         assert upstream is not None
         if streamed:
-            relay = relay_events(upstream.chunks(), exchange.tracker, UsageShaper(call))
+            exchange.splitter = SseSplitter()
+            relay = relay_events(upstream.chunks(), exchange.tracker, UsageShaper(call), exchange.splitter)
         else:
             relay = relay_body(upstream.chunks(), exchange.tracker)
         tracker, request_id = exchange.tracker, exchange.record.request_id

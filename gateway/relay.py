@@ -113,11 +113,21 @@ class UsageShaper:
         return orjson.dumps(event)
 
 
+def meter_unread(tail: bytes, splitter: SseSplitter, tracker: UsageTracker) -> None:
+    """Count the events of a stream's unrelayed tail (the client left): the engine made and sent
+    those tokens, so its counters include them and so must the bill."""
+    for payload in splitter.feed(tail):
+        if payload != DONE:
+            try:
+                tracker.take_event(orjson.loads(payload))
+            except orjson.JSONDecodeError:
+                continue
+
+
 async def relay_events(
-    chunks: AsyncIterator[bytes], tracker: UsageTracker, shaper: UsageShaper
+    chunks: AsyncIterator[bytes], tracker: UsageTracker, shaper: UsageShaper, splitter: SseSplitter
 ) -> AsyncIterator[bytes]:
     """SSE in, SSE out: one output write per upstream read, holding nothing back."""
-    splitter = SseSplitter()
     async for chunk in chunks:
         out: list[bytes] = []
         for payload in splitter.feed(chunk):

@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
+    # Several gateway replicas behind one address. The one switch that makes every piece of
+    # shared state shared: start-up then refuses a SQLite ledger or a missing Redis, instead of
+    # each replica quietly keeping its own tenants, keys, ledger or limits.
+    replicated: bool = False
     config_path: Path = Path("configs/local.yaml")
     data_dir: Path = Path("data")
     # ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
@@ -85,7 +89,19 @@ class Settings(BaseSettings):
         return self.journal_dir or self.data_dir / "journal" / f"port-{self.port}"
 
     def check_startup(self) -> None:
-        """Refuse, outside development, to start with a missing or placeholder admin token."""
+        """Refuse a replicated set-up whose state is not shared and, outside development, a
+        missing or placeholder admin token."""
+        if self.replicated:
+            if not self.database_url.startswith(("postgresql://", "postgres://")):
+                raise SettingsError(
+                    "GATEWAY_REPLICATED needs GATEWAY_DATABASE_URL=postgresql://…: tenants, keys and "
+                    "the ledger must be one for all replicas"
+                )
+            if not self.redis_url:
+                raise SettingsError(
+                    "GATEWAY_REPLICATED needs GATEWAY_REDIS_URL=redis://…: without it each replica "
+                    "would enforce every limit on its own (N replicas, N times the limit)"
+                )
         if self.environment == "development":
             return
         problem = admin_token_problem(self.admin_token)

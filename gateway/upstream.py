@@ -59,6 +59,14 @@ class UpstreamResponse:
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"The engine's response broke off: {type(exc).__name__}") from None
 
+    def unread(self) -> bytes:
+        """What arrived from the engine but was not relayed (the client left meanwhile)."""
+        head, self._head = self._head, b""
+        try:
+            return head + self._response.content.read_nowait()
+        except Exception:  # noqa: BLE001 - best effort: a waiting reader, a fired timeout, a broken body
+            return head
+
     def close(self) -> None:
         """Drop the connection: an engine sees the disconnect and aborts the generation."""
         if not self._response.closed:

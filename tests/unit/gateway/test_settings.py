@@ -39,3 +39,26 @@ def test_the_admin_token_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
     assert settings.admin_token is not None and settings.admin_token.get_secret_value() == GOOD
     assert settings.key_rotation_grace_s == 60
     assert GOOD not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("database_url", "redis_url", "missing"),
+    [
+        ("sqlite:///data/gateway.db", "redis://127.0.0.1:6379/0", "GATEWAY_DATABASE_URL"),
+        ("postgresql://u@db:5432/gw", None, "GATEWAY_REDIS_URL"),
+    ],
+)
+def test_replicated_refuses_state_that_is_not_shared(
+    database_url: str, redis_url: str | None, missing: str
+) -> None:
+    settings = Settings(replicated=True, database_url=database_url, redis_url=redis_url)
+    with pytest.raises(SettingsError, match=missing):
+        settings.check_startup()
+    Settings(replicated=False, database_url=database_url, redis_url=redis_url).check_startup()
+
+
+def test_replicated_starts_on_postgres_and_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_REPLICATED", "true")
+    settings = Settings(database_url="postgres://u@db:5432/gw", redis_url="redis://cache:6379/0")
+    assert settings.replicated
+    settings.check_startup()
