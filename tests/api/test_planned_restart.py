@@ -4,6 +4,8 @@ same process, as ``gateway up`` runs them: the engine is drained first, so no re
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -101,3 +103,22 @@ async def test_restart_drains_the_engine_first_and_cuts_nothing(
             assert len(rows) == 5 and all(r.outcome.value == "ok" for r in rows)
             # The three sent while the first engine drained all went to the second one.
             assert [r.endpoint for r in sorted(rows, key=lambda r: r.started_at)[2:]] == [second] * 3
+
+
+async def test_sighup_restarts_every_engine_one_at_a_time(
+    launched: tuple[EngineLauncher, DeploymentSpec],
+) -> None:
+    launcher, _ = launched
+    old_pids = [e.process.pid for e in launcher.engines if e.process is not None]
+    launcher.restart_on_sighup()
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(300):
+            if all(e.restarts == 1 and not e.restarting for e in launcher.engines):
+                break
+            await asyncio.sleep(0.05)
+        new_pids = [e.process.pid for e in launcher.engines if e.process is not None]
+        assert all(new != old for new, old in zip(new_pids, old_pids, strict=True))
+        assert all(e.restarts == 1 and e.alive for e in launcher.engines)
+    finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
