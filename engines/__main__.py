@@ -1,8 +1,8 @@
 """``python -m engines --config configs/local.yaml``: run a pool spec's engines without a gateway.
 
-``kill -HUP`` restarts them one at a time, each once its requests have finished (a gateway in
-another process keeps routing to it meanwhile and fails over when it stops; ``gateway up`` runs
-both in one process and stops routing to an engine before its restart).
+``kill -HUP`` restarts them one at a time, each once its requests have finished. Gateways named
+with ``--gateway`` are told through their admin API to route nothing new to an engine before it
+restarts (``gateway up`` does the same in-process).
 """
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engines.launcher import EngineLauncher
+from engines.launcher import EngineLauncher, GatewayAdminDrain
 from engines.spec import load_spec
 
 
-async def _run(config: Path, data_dir: Path, timeout_s: float) -> None:
-    launcher = EngineLauncher(load_spec(config), data_dir, data_dir / "logs")
+async def _run(config: Path, data_dir: Path, timeout_s: float, gateways: list[str]) -> None:
+    hook = GatewayAdminDrain(gateways, os.environ.get("GATEWAY_ADMIN_TOKEN", "")) if gateways else None
+    launcher = EngineLauncher(load_spec(config), data_dir, data_dir / "logs", hook)
     await launcher.start()
     try:
         await launcher.wait_ready(timeout_s, lambda line: logging.getLogger("engines").info("%s", line))
@@ -34,10 +36,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("configs/local.yaml"))
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for /health")
+    parser.add_argument(
+        "--gateway", action="append", default=[], metavar="URL",
+        help="a gateway to drain engines on before a planned restart (repeatable; admin token "
+        "from GATEWAY_ADMIN_TOKEN)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_run(args.config, args.data_dir, args.timeout))
+        asyncio.run(_run(args.config, args.data_dir, args.timeout, args.gateway))
     except KeyboardInterrupt:
         pass
     return 0

@@ -48,6 +48,35 @@ class DrainHook(Protocol):
     async def resume(self, url: str) -> None: ...
 
 
+class GatewayAdminDrain:
+    """A drain hook for gateways in other processes, through their admin API
+    (``POST /admin/engines/drain`` and ``/resume``). A gateway that cannot be told is logged and
+    skipped: it still fails over when the engine stops."""
+
+    def __init__(self, gateways: list[str], admin_token: str) -> None:
+        self._gateways = [g.rstrip("/") for g in gateways]
+        self._headers = {"Authorization": f"Bearer {admin_token}"}
+
+    async def drain(self, url: str) -> None:
+        await self._tell("drain", url)
+
+    async def resume(self, url: str) -> None:
+        await self._tell("resume", url)
+
+    async def _tell(self, action: str, url: str) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            for gateway in self._gateways:
+                target = f"{gateway}/admin/engines/{action}"
+                try:
+                    async with session.post(target, json={"url": url}, headers=self._headers) as response:
+                        if response.status != 200:
+                            logger.warning(
+                                "%s answered %s: %s", target, response.status, await response.text()
+                            )
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    logger.warning("could not reach %s: %s", target, exc)
+
+
 class EngineStartError(RuntimeError):
     """An engine exited or never became healthy while the launcher waited for it."""
 

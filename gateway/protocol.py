@@ -116,6 +116,32 @@ class TenantList(BaseModel):
     data: list[TenantObject]
 
 
+class EngineObject(BaseModel):
+    """One engine endpoint as this gateway process routes to it (``/admin/engines``)."""
+
+    object: Literal["engine"] = "engine"
+    model: str
+    url: str
+    healthy: bool  # passes active /health checks
+    draining: bool  # taken out of service on purpose
+    ejected: bool  # cooling down after failed requests (passive ejection)
+    inflight: int  # this process's requests on it
+    engine_running: int  # the engine's own counts and KV-cache use, last scraped
+    engine_waiting: int
+    kv_cache_usage: float
+
+
+class EngineList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EngineObject]
+
+
+class EngineDrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1)
+
+
 class KeyCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -7,16 +7,21 @@ the secret of a key just created or rotated.
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import HTMLResponse
 
-from gateway.api.deps import ReporterDep, TenancyDep, admin_caller
+from gateway.api.deps import ReporterDep, StateDep, TenancyDep, admin_caller
 from gateway.api.usage import PeriodDep, ReportFormat, report_reply
 from gateway.charts import render_usage_chart
-from gateway.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError, ResourceNotFoundError
 from gateway.limit_config import limit_fields
 from gateway.protocol import (
     CreatedKey,
+    EngineDrainRequest,
+    EngineList,
+    EngineObject,
     KeyCreateRequest,
     KeyList,
     KeyObject,
@@ -29,6 +34,7 @@ from gateway.protocol import (
     TenantObject,
 )
 from gateway.records import ApiKey, LimitValues, Tenant, TenantStatus
+from gateway.routing import Endpoint
 from gateway.store.base import UNSET, GroupBy, _Unset
 from gateway.tenancy import IssuedKey, format_timestamp, parse_limits, parse_timestamp
 
@@ -177,3 +183,38 @@ async def usage(
 @router.get("/usage/chart", response_class=HTMLResponse)
 async def usage_chart(reporter: ReporterDep, period: PeriodDep, tenant: str | None = None) -> HTMLResponse:
     return HTMLResponse(render_usage_chart(await reporter.daily_by_model(tenant, period)))
+
+
+def engine_object(endpoint: Endpoint, now: float) -> EngineObject:
+    return EngineObject(
+        model=endpoint.model, url=endpoint.url, healthy=endpoint.healthy, draining=endpoint.draining,
+        ejected=bool(endpoint.ejected_until) and now < endpoint.ejected_until, inflight=endpoint.inflight,
+        engine_running=endpoint.engine_running, engine_waiting=endpoint.engine_waiting,
+        kv_cache_usage=endpoint.kv_usage,
+    )  # fmt: skip
+
+
+@router.get("/engines")
+async def list_engines(state: StateDep) -> EngineList:
+    """Every engine this process routes to and why it does or does not get traffic."""
+    now = time.monotonic()
+    return EngineList(data=[engine_object(e, now) for e in state.router.endpoints()])
+
+
+async def _set_draining(state: StateDep, url: str, draining: bool) -> EngineList:
+    matched = state.router.set_draining(url, draining)
+    if not matched:
+        raise ResourceNotFoundError(f"No engine at `{url}`.", param="url")
+    now = time.monotonic()
+    return EngineList(data=[engine_object(e, now) for e in matched])
+
+
+@router.post("/engines/drain")
+async def drain_engine(body: EngineDrainRequest, state: StateDep) -> EngineList:
+    """Stop routing new requests to an engine (this gateway process only); those in flight finish."""
+    return await _set_draining(state, body.url, True)
+
+
+@router.post("/engines/resume")
+async def resume_engine(body: EngineDrainRequest, state: StateDep) -> EngineList:
+    return await _set_draining(state, body.url, False)

@@ -387,3 +387,34 @@ async def test_limits_set_through_the_api_apply_at_once_despite_the_key_cache(
         assert [await chat(first), await chat(first), await chat(second)] == [200, 429, 200]
         await gw.client.delete(f"/admin/keys/{first_key.id}/limits", headers=ADMIN)
         assert await chat(first) == 200
+
+
+async def test_engines_are_listed_and_can_be_drained_and_resumed(gateway: Gateway) -> None:
+    listed = (await gateway.client.get("/admin/engines", headers=ADMIN)).json()
+    assert listed["object"] == "list"
+    [engine] = listed["data"]
+    assert engine | {"inflight": 0} == {
+        "object": "engine", "model": SIM_MODEL, "url": gateway.sim_url, "healthy": True, "draining": False,
+        "ejected": False, "inflight": 0, "engine_running": engine["engine_running"],
+        "engine_waiting": engine["engine_waiting"], "kv_cache_usage": engine["kv_cache_usage"],
+    }  # fmt: skip
+    drained = await gateway.client.post(
+        "/admin/engines/drain", json={"url": gateway.sim_url + "/"}, headers=ADMIN
+    )
+    assert drained.status_code == 200 and drained.json()["data"][0]["draining"] is True
+    secret, _ = await gateway.new_key("drained")
+    body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    refused = await gateway.client.post(
+        "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_healthy_engine"
+    resumed = await gateway.client.post("/admin/engines/resume", json={"url": gateway.sim_url}, headers=ADMIN)
+    assert resumed.json()["data"][0]["draining"] is False
+    served = await gateway.client.post(
+        "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert served.status_code == 200
+    unknown = await gateway.client.post(
+        "/admin/engines/drain", json={"url": "http://nowhere:1"}, headers=ADMIN
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "url"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,23 +18,9 @@ from gateway.app import create_app
 from gateway.embedded import RouterDrain
 from gateway.settings import Settings
 from tests.conftest import SIM_MODEL, Gateway
+from tests.support.processes import two_free_ports
 
 CHAT = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 25}
-
-
-def two_free_ports() -> int:
-    """A port ``p`` such that ``p`` and ``p + 1`` are both free now."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port: int = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engines.spec import PoolSpec
+from engines.launcher import EngineLauncher, GatewayAdminDrain
+from engines.spec import DeploymentSpec, PoolSpec
 from gateway.records import Outcome
-from tests.conftest import SIM_MODEL
+from tests.conftest import ADMIN_TOKEN, SIM_MODEL
 from tests.e2e.conftest import GatewayProcess, start_gateway
-from tests.support.processes import Process, start_sim
+from tests.support.processes import Process, start_sim, two_free_ports
 
 STREAMS = 3
 # uvicorn re-raises SIGTERM once it has shut down cleanly (lifespan shutdown, ledger flushed).
@@ -92,3 +93,36 @@ async def test_drain_deadline_cuts_the_rest_and_meters_what_was_sent(tmp_path: P
     finally:
         proc.stop()
         sim.stop()
+
+
+async def test_launcher_drains_an_engine_on_a_gateway_in_another_process(tmp_path: Path) -> None:
+    pool = PoolSpec(
+        served_name=SIM_MODEL, engine="sim", replicas=2, base_port=two_free_ports(),
+        vllm_args=["--itl-ms", "40", "--output-tokens", "25"],
+    )  # fmt: skip
+    launcher = EngineLauncher(DeploymentSpec(pools=[pool]), tmp_path, tmp_path / "logs")
+    await launcher.start()
+    external = PoolSpec(served_name=SIM_MODEL, endpoints=pool.endpoint_urls())
+    proc, gw = start_gateway(tmp_path, [external], {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+    try:
+        await launcher.wait_ready(30)
+        launcher.drain_hook = GatewayAdminDrain([gw.url], ADMIN_TOKEN)
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        first = pool.endpoint_urls()[0]
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+
+            async def draining() -> bool:
+                engines = (await client.get("/admin/engines", headers=admin)).json()["data"]
+                return next(e["draining"] for e in engines if e["url"] == first)
+
+            restart = asyncio.create_task(launcher.restart(f"{SIM_MODEL}#0", drain_timeout_s=20))
+            seen = False
+            while not restart.done():
+                seen = seen or await draining()
+                await asyncio.sleep(0.02)
+            await restart
+            assert seen and not await draining()
+            assert launcher.engines[0].restarts == 1
+    finally:
+        proc.stop()
+        await launcher.stop()

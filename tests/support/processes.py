@@ -23,6 +23,21 @@ def free_port() -> int:
         return port
 
 
+def two_free_ports() -> int:
+    """A port ``p`` such that ``p`` and ``p + 1`` are both free now."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no two consecutive free ports")
+
+
 class Process:
     """A child process in its own process group, with its output in a log file."""
 
