@@ -99,10 +99,12 @@ class UpstreamClient:
             )
         except aiohttp.ConnectionTimeoutError:
             raise EngineConnectTimeoutError("Could not connect to the engine in time.") from None
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-            raise EngineUnreachableError(f"Could not reach the engine: {type(exc).__name__}") from None
         except TimeoutError:
             raise UpstreamTimeoutError("The engine did not answer in time.") from None
+        except aiohttp.ClientConnectionError as exc:
+            # Refused, reset (a pooled connection to an engine that died), or closed before the
+            # response headers: nothing came back, so another engine may take the request.
+            raise EngineUnreachableError(f"Could not reach the engine: {type(exc).__name__}") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"Engine request failed: {type(exc).__name__}") from None
         return UpstreamResponse(response, endpoint)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -214,3 +215,21 @@ async def test_engine_dying_before_its_first_byte_is_retried_elsewhere(
             assert {(r.endpoint, r.outcome) for r in rows} == {(sim_engine, Outcome.ok)}
     finally:
         dying.stop()
+
+
+async def test_an_engine_killed_between_requests_costs_no_request(sim_engine: str, tmp_path: Path) -> None:
+    doomed, doomed_url = start_sim(tmp_path, SIM_MODEL)
+    try:
+        pool = PoolSpec(served_name=SIM_MODEL, endpoints=[doomed_url, sim_engine], routing="round_robin")
+        async with serving(sim_engine, tmp_path, pool, health_interval_s=30) as gw:
+            secret, _ = await gw.new_key("killed")
+            for stream in (False, True):  # keep-alive connections to both engines are pooled now
+                assert (await ask(gw, secret, stream=stream)).status_code == 200
+            doomed.signal(signal.SIGKILL)
+            doomed.popen.wait(5)
+            answers = await asyncio.gather(*(ask(gw, secret, stream=i % 2 == 0) for i in range(8)))
+            assert [a.status_code for a in answers] == [200] * 8
+            assert all('"error"' not in a.text for a in answers)
+            assert not next(e for e in gw.state.router.endpoints() if e.url == doomed_url).healthy
+    finally:
+        doomed.stop()
