@@ -86,6 +86,9 @@ class HealthChecker:
             )
         endpoint.healthy = healthy
         if changed and healthy:
+            # Back from down (a restarted engine, usually): its old failures say nothing now.
+            endpoint.failures = 0
+            endpoint.ejected_until = endpoint.cooldown_s = 0.0
             self._router.pool(endpoint.model).drain()  # its free slots go to whoever waits
         self._metrics.engine_up.labels(endpoint.model, endpoint.url).set(1 if healthy else 0)
 

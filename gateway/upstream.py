@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
 
 from gateway.errors import UpstreamError, UpstreamTimeoutError
 from gateway.routing import Endpoint
+
+logger = logging.getLogger(__name__)
 
 _JSON = "application/json"
 
@@ -54,10 +57,10 @@ class UpstreamResponse:
                 yield chunk
         except TimeoutError:
             raise UpstreamTimeoutError("The engine did not finish in time.") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError(f"The engine's response broke off: {exc}") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"The engine's response broke off: {type(exc).__name__}") from None
+            # The client sees a plain message; the transport's details are for the operator.
+            logger.warning("engine %s broke off a response: %r", self.endpoint.url, exc)
+            raise UpstreamError("The engine's response broke off.") from None
 
     def unread(self) -> bytes:
         """What arrived from the engine but was not relayed (the client left meanwhile)."""

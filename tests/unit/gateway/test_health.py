@@ -79,3 +79,19 @@ async def test_half_open_lets_exactly_one_probe_through(
     assert (e0.ejected_until, e0.cooldown_s, e0.failures) == (0.0, 0.0, 0)
     pool.release(e0, "t")
     assert [(await pool.acquire("t")).url for _ in range(3)] == ["http://e0"] * 3  # no probe limit now
+
+
+async def test_an_engine_back_from_down_starts_with_a_clean_record(
+    setup: tuple[EnginePool, HealthChecker, GatewayMetrics],
+) -> None:
+    pool, checker, _ = setup
+    e0 = pool.endpoints[0]
+    for _ in range(3):
+        checker.failed(e0)  # its streams broke as it died: ejected
+    checker.mark(e0, False)
+    assert e0.ejected_until > time.monotonic()
+    checker.mark(e0, True)  # restarted and answering /health again: no need to sit out the cool-down
+    assert e0.routable(time.monotonic()) and (e0.failures, e0.cooldown_s) == (0, 0.0)
+    checker.mark(e0, True)  # staying up changes nothing
+    checker.failed(e0)
+    assert e0.failures == 1
