@@ -91,5 +91,6 @@ class EngineStatsScraper:
                 endpoint.kv_usage = 0.0
             return
         self._misses.pop(endpoint.url, None)
+        endpoint.inflight_at_scrape = endpoint.inflight
         endpoint.engine_running, endpoint.engine_waiting = stats.running, stats.waiting
         endpoint.kv_usage = stats.kv_usage

@@ -40,6 +40,7 @@ class Endpoint:
     engine_running: int = 0
     engine_waiting: int = 0
     kv_usage: float = 0.0
+    inflight_at_scrape: int = 0  # ``inflight`` when those were read: our share of them
     # Passive ejection (gateway.health.Ejector): failed requests in a row, when the cool-down
     # ends (monotonic; 0: not ejected), its length, and whether the half-open probe is out.
     failures: int = 0
@@ -58,10 +59,12 @@ class Endpoint:
         return self.ejected_until == 0.0 or (now >= self.ejected_until and not self.probing)
 
     def load(self) -> float:
-        """One load score: this gateway's requests in flight or, when other replicas send here
-        too, the engine's own count (running + queued), whichever is larger, plus the KV cache's
-        fill (a full cache makes vLLM queue or preempt)."""
-        return max(self.inflight, self.engine_running + self.engine_waiting) + KV_WEIGHT * self.kv_usage
+        """One load score: this gateway's requests in flight (live), plus what the engine had
+        beyond ours at the last scrape (other replicas' requests), plus the KV cache's fill (a
+        full cache makes vLLM queue or preempt). Taking the scraped total as it is would count
+        our finished requests for up to a scrape interval and steer a burst onto one engine."""
+        others = max(0, self.engine_running + self.engine_waiting - self.inflight_at_scrape)
+        return self.inflight + others + KV_WEIGHT * self.kv_usage
 
 
 @dataclass(eq=False)

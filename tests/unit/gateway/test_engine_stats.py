@@ -39,6 +39,17 @@ def test_least_load_avoids_an_engine_busy_with_other_replicas_requests() -> None
     assert {LeastInflight().choose([quiet, busy]).url for _ in range(4)} == {"http://quiet"}
 
 
+def test_our_own_finished_requests_do_not_linger_in_the_load() -> None:
+    a, b = Endpoint("m", "http://a"), Endpoint("m", "http://b")
+    # Scraped while a burst of ours ran: 5 on a (all ours), 2 on b (1 ours, 1 another replica's).
+    a.inflight = a.inflight_at_scrape = a.engine_running = 5
+    b.inflight = b.inflight_at_scrape = 1
+    b.engine_running = 2
+    a.inflight, b.inflight = 0, 0  # the burst ended before the next scrape
+    assert (a.load(), b.load()) == (0, 1)
+    assert LeastInflight().choose([a, b]) is a  # not the one that merely looked busy a moment ago
+
+
 async def test_scraper_reads_a_real_engine(sim_engine: str) -> None:
     async with httpx.AsyncClient(base_url=sim_engine) as sim:
         (await sim.post("/sim/reset")).raise_for_status()
