@@ -1,15 +1,18 @@
 """Routing: does prefix-aware routing raise the engines' prefix cache hit rate and cut TTFT? And
 does the gateway lose requests when an engine dies under load?
 
-Policy comparison (default). Two real vLLM CPU engines of the tiny model are started once
+Policy comparison (default). Two real vLLM CPU engines of a built-in Llama are started once
 (``engines.launcher``); then, for each routing policy, a gateway over both engines serves the same
 multi-turn chat workload: ``--apps`` tenants, each with its own long system prompt, each with
-``--conversations`` conversations of ``--turns`` turns. Every turn re-sends the whole history
-(system prompt, earlier turns, the engine's earlier answers, a new user message) as a stream, and
-names its conversation in the OpenAI ``user`` field. ``--concurrency`` workers take turns from the
-conversations in rotation, so turns of many conversations interleave as they would with real users
-thinking between turns. Each policy's prompts start with a fresh salt, so what one policy cached
-cannot help the next. Measured per policy: prefix cache hit rate (the change in
+``--conversations`` conversations of ``--turns`` turns. A conversation opens with a document of its
+own (``--doc-words``: chat about a file, as a coding or RAG assistant does). Every turn re-sends the
+whole history (system prompt, document, earlier turns, the engine's earlier answers, a new user
+message) as a stream, and names its conversation in the OpenAI ``user`` field. ``--model small``
+(the default) serves a built-in Llama large enough that prefill costs time, as with real weights;
+``--model tiny`` is the tests' model, whose prefill is nearly free. ``--concurrency`` workers take
+turns from the conversations in rotation, so turns of many conversations interleave as they would
+with real users thinking between turns. Each policy's prompts start with a fresh salt, so what
+one policy cached cannot help the next. Measured per policy: prefix cache hit rate (the change in
 ``vllm:prefix_cache_hits_total`` over ``vllm:prefix_cache_queries_total``, summed over the engines),
 time to the first content chunk at the client (p50, p99), requests/s and output tokens/s.
 
@@ -92,6 +95,8 @@ def build_conversations(args: argparse.Namespace, keys: list[str], salt: str) ->
         )
         for number in range(args.conversations):
             questions = [words(rng, args.user_words) + "?" for _ in range(args.turns)]
+            if args.doc_words:
+                questions[0] = f"Here is my document:\n{words(rng, args.doc_words)}\n\n{questions[0]}"
             user = f"{salt}-app{app}-conversation{number}"
             conversations.append(Conversation(key, user, [{"role": "system", "content": system}], questions))
     random.Random(args.seed + 1).shuffle(conversations)
@@ -101,16 +106,18 @@ def build_conversations(args: argparse.Namespace, keys: list[str], salt: str) ->
 async def drive(
     session: aiohttp.ClientSession, url: str, conversations: list[Conversation], args: argparse.Namespace
 ) -> list[Result]:
-    """``--concurrency`` workers; each takes the next conversation in line, sends its next turn and
-    puts it back at the end of the line, so a conversation's turns are spread over the run."""
-    line: asyncio.Queue[Conversation] = asyncio.Queue()
-    for conversation in conversations:
-        line.put_nowait(conversation)
+    """``--concurrency`` workers; each takes a conversation waiting for its next turn at random
+    (seeded), sends that turn and puts the conversation back, so a conversation's turns are spread
+    over the run. Random, not in rotation: with a fixed rotation over an even number of
+    conversations, round-robin over two engines would send every turn of a conversation to the same
+    engine, which real users arriving at random do not do."""
+    line = list(conversations)
+    rng = random.Random(args.seed + 2)
     results: list[Result] = []
 
     async def worker() -> None:
-        while not line.empty():
-            conversation = line.get_nowait()
+        while line:
+            conversation = line.pop(rng.randrange(len(line)))
             question = conversation.questions.pop(0)
             conversation.messages.append({"role": "user", "content": question})
             body = chat_body(conversation.messages, conversation.user, args.max_tokens)
@@ -119,7 +126,7 @@ async def drive(
             results.append(result)
             conversation.messages.append({"role": "assistant", "content": result.text})
             if conversation.questions:
-                line.put_nowait(conversation)
+                line.append(conversation)
 
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     return results
@@ -220,7 +227,7 @@ async def compare_policies(args: argparse.Namespace, log_dir: Path) -> list[dict
             if args.endpoints:
                 engine_urls = [url.rstrip("/") for url in args.endpoints.split(",")]
             else:
-                pool = pool_spec(args.engine, 2, SIM_ARGS, args.omp_bind, args.kv_blocks)
+                pool = pool_spec(args.engine, 2, SIM_ARGS, args.omp_bind, args.kv_blocks, args.model)
                 await stack.enter_async_context(launched(pool, log_dir))
                 engine_urls = pool.endpoint_urls()
             await warm_up(engine_urls, args)
@@ -320,12 +327,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--kv-blocks", type=int, help="vLLM KV cache size in 128-token blocks (default: 1 GiB, 4096)"
     )
     parser.add_argument("--endpoints", help="comma-separated URLs of running engines (nothing is launched)")
+    parser.add_argument("--model", choices=["small", "tiny"], default="small", help="built-in Llama served")
     parser.add_argument("--apps", type=int, default=4, help="tenants, each with its own system prompt")
     parser.add_argument("--conversations", type=int, default=5, help="conversations per app")
     parser.add_argument("--turns", type=int, default=5, help="turns per conversation")
     parser.add_argument(
         "--system-words", type=int, default=1000, help="system prompt words (~1.5 tokens each)"
     )
+    parser.add_argument("--doc-words", type=int, default=1000, help="each conversation's document, words")
     parser.add_argument("--user-words", type=int, default=40, help="user message words")
     parser.add_argument("--concurrency", type=int, help="streams in flight (4; chaos: vllm 4, sim 8)")
     parser.add_argument("--max-tokens", type=int, help="per request (16; chaos: 1 to 2x this, 32)")
@@ -337,6 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kills", type=int, help="chaos: engines killed, one after another (sim 3, vllm 1)")
     parser.add_argument("--recover-timeout", type=float, default=600)
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--out", type=Path, help="JSON report path (default benchmarks/out/<run>.json)")
     args = parser.parse_args(argv)
     chaos_vllm = args.chaos == "vllm"
     args.concurrency = args.concurrency or (8 if args.chaos == "sim" else 4)
@@ -355,15 +365,19 @@ def main(argv: list[str] | None = None) -> int:
         report = asyncio.run(run_chaos(args, OUT_DIR / f"{name}-logs"))
         text, verdict = chaos_table(report)
     else:
-        name = "routing" + (f"-kv{args.kv_blocks}" if args.kv_blocks else "")
+        name = "routing" + (f"-{args.model}" if args.model != "small" else "")
+        name += (f"-doc{args.doc_words}" if args.doc_words != 1000 else "") + (
+            f"-kv{args.kv_blocks}" if args.kv_blocks else ""
+        )
         report = {"rows": asyncio.run(compare_policies(args, OUT_DIR / f"{name}-logs"))}
         text, verdict = policy_table(report["rows"])
     print(f"\n{text}\n\n{verdict}\n(run took {time.perf_counter() - started:.0f} s)")
     if not args.no_write:
         machine = {"at_start": before, "at_end": environment()}
-        path = OUT_DIR / f"{name}.json"
-        write_json(path, {"args": vars(args), "machine": machine, **report, "verdict": verdict})
-        print(f"wrote {path.relative_to(REPO)}")
+        path = args.out or OUT_DIR / f"{name}.json"
+        payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+        write_json(path, payload | {"machine": machine, **report, "verdict": verdict})
+        print(f"wrote {path}")
     return 0 if not args.chaos or verdict.startswith("PASS") else 1
 
 

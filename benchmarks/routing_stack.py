@@ -29,7 +29,10 @@ from engines.spec import DeploymentSpec, PoolSpec
 from tests.support.metrics import total
 from tests.support.processes import REPO, Process, free_port
 
-MODEL = "tiny-llama"
+MODEL = "llama"  # the served name, whichever built-in Llama serves it
+# ``tiny``: the tests' model, whose prefill costs next to nothing; ``small``: prefill costs time, as
+# with real weights, so cache hits show in TTFT (engines.tiny_model.SMALL).
+MODEL_SOURCES = {"tiny": "builtin:tiny-llama", "small": "builtin:small-llama"}
 VLLM_ARGS = ["--max-model-len", "16384", "--max-num-seqs", "8", "--dtype", "float32"]
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 # vLLM's CPU "auto" binding pins every replica's worker to the same core (core 0 of two), and a
@@ -88,14 +91,16 @@ def pool_spec(
     sim_args: list[str],
     omp_bind: str = OMP_BIND,
     kv_blocks: int | None = None,
+    model: str = "tiny",
 ) -> PoolSpec:
-    """The tiny model on ``replicas`` vLLM CPU engines (as the e2e tests run it, but for
-    ``omp_bind``: ``VLLM_CPU_OMP_THREADS_BIND``; ``kv_blocks``: a smaller KV cache, in blocks of
-    128 tokens), or on simulated engines."""
+    """A built-in Llama (``MODEL_SOURCES``) on ``replicas`` vLLM CPU engines (as the e2e tests run
+    the tiny one, but for ``omp_bind``: ``VLLM_CPU_OMP_THREADS_BIND``; ``kv_blocks``: a smaller KV
+    cache, in blocks of 128 tokens), or on simulated engines."""
     vllm = engine == "vllm"
     blocks = ["--num-gpu-blocks-override", str(kv_blocks)] if kv_blocks else []
     return PoolSpec(
-        served_name=MODEL, engine=engine, replicas=replicas, base_port=free_ports(replicas),
+        served_name=MODEL, model=MODEL_SOURCES[model], engine=engine, replicas=replicas,
+        base_port=free_ports(replicas),
         vllm_args=VLLM_ARGS + blocks if vllm else sim_args,
         env={**VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": omp_bind} if vllm else {},
     )  # fmt: skip

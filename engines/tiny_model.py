@@ -4,6 +4,7 @@ It exists so the whole stack (gateway, vLLM engine, metering) runs end to end on
 downloading weights. Everything comes from fixed seeds: an embedded English corpus trains a small
 byte-level BPE tokenizer, and seeded Gaussian weights fill a 2-layer Llama (head_dim 64, the smallest
 CPU attention accepts). Rebuilding gives byte-identical files. The output says nothing sensible.
+A larger ``small`` shape (4 layers, hidden 512) serves benchmarks in which prefill must cost time.
 
 Builds are cached: a directory holding the ``.complete`` marker of the current ``BUILD_VERSION`` is
 returned as is. A build happens in a temporary sibling directory that is renamed into place, so an
@@ -20,6 +21,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,26 @@ ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 SPECIAL_TOKENS = (BOS, EOS, PAD, *ROLE_TOKENS)
 TARGET_VOCAB = 3072
 
-HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTERMEDIATE = 128, 2, 2, 2, 64, 256
+HEAD_DIM = 64  # the smallest head vLLM's CPU attention accepts
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The transformer's size; every shape shares the tokenizer and the chat template."""
+
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+
+# ``tiny`` serves the tests and the demo (loads in seconds, prefill costs next to nothing).
+# ``small`` is for benchmarks where prefill must cost something, as it does with real weights:
+# about 30x tiny's prefill FLOPs per token, still 13 MB of weights per layer.
+TINY = Shape("tiny", hidden=128, layers=2, heads=2, intermediate=256)
+SMALL = Shape("small", hidden=512, layers=4, heads=8, intermediate=1536)
+SHAPES = {shape.name: shape for shape in (TINY, SMALL)}
 # Long enough that a test can ask for more tokens than the engine could make before a client
 # leaves (RoPE has no weights, so this costs nothing).
 MAX_POSITIONS = 16384
@@ -203,17 +224,17 @@ def train_tokenizer(corpus: Sequence[str]) -> Tokenizer:
     return tokenizer
 
 
-def model_config(tokenizer: Tokenizer) -> dict[str, Any]:
-    """``config.json`` for the tiny Llama; the vocabulary is exactly the tokenizer's."""
+def model_config(tokenizer: Tokenizer, shape: Shape = TINY) -> dict[str, Any]:
+    """``config.json`` for the Llama of ``shape``; the vocabulary is exactly the tokenizer's."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": tokenizer.get_vocab_size(),
-        "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE,
-        "num_hidden_layers": LAYERS,
-        "num_attention_heads": HEADS,
-        "num_key_value_heads": KV_HEADS,
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.intermediate,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.heads,
         "head_dim": HEAD_DIM,
         "max_position_embeddings": MAX_POSITIONS,
         "hidden_act": "silu",
@@ -239,22 +260,24 @@ def random_weights(config: dict[str, Any], seed: int = SEED) -> dict[str, npt.ND
     def normal(*shape: int) -> npt.NDArray[np.float32]:
         return (rng.standard_normal(shape) * std).astype(np.float32)
 
-    q_dim, kv_dim = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
-    weights = {"model.embed_tokens.weight": normal(config["vocab_size"], HIDDEN)}
-    for layer in range(LAYERS):
+    hidden, inner = int(config["hidden_size"]), int(config["intermediate_size"])
+    q_dim = int(config["num_attention_heads"]) * HEAD_DIM
+    kv_dim = int(config["num_key_value_heads"]) * HEAD_DIM
+    weights = {"model.embed_tokens.weight": normal(config["vocab_size"], hidden)}
+    for layer in range(int(config["num_hidden_layers"])):
         prefix = f"model.layers.{layer}"
         weights |= {
-            f"{prefix}.self_attn.q_proj.weight": normal(q_dim, HIDDEN),
-            f"{prefix}.self_attn.k_proj.weight": normal(kv_dim, HIDDEN),
-            f"{prefix}.self_attn.v_proj.weight": normal(kv_dim, HIDDEN),
-            f"{prefix}.self_attn.o_proj.weight": normal(HIDDEN, q_dim),
-            f"{prefix}.mlp.gate_proj.weight": normal(INTERMEDIATE, HIDDEN),
-            f"{prefix}.mlp.up_proj.weight": normal(INTERMEDIATE, HIDDEN),
-            f"{prefix}.mlp.down_proj.weight": normal(HIDDEN, INTERMEDIATE),
-            f"{prefix}.input_layernorm.weight": np.ones(HIDDEN, dtype=np.float32),
-            f"{prefix}.post_attention_layernorm.weight": np.ones(HIDDEN, dtype=np.float32),
+            f"{prefix}.self_attn.q_proj.weight": normal(q_dim, hidden),
+            f"{prefix}.self_attn.k_proj.weight": normal(kv_dim, hidden),
+            f"{prefix}.self_attn.v_proj.weight": normal(kv_dim, hidden),
+            f"{prefix}.self_attn.o_proj.weight": normal(hidden, q_dim),
+            f"{prefix}.mlp.gate_proj.weight": normal(inner, hidden),
+            f"{prefix}.mlp.up_proj.weight": normal(inner, hidden),
+            f"{prefix}.mlp.down_proj.weight": normal(hidden, inner),
+            f"{prefix}.input_layernorm.weight": np.ones(hidden, dtype=np.float32),
+            f"{prefix}.post_attention_layernorm.weight": np.ones(hidden, dtype=np.float32),
         }
-    weights["model.norm.weight"] = np.ones(HIDDEN, dtype=np.float32)
+    weights["model.norm.weight"] = np.ones(hidden, dtype=np.float32)
     return weights
 
 
@@ -262,10 +285,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def write_model(directory: Path) -> None:
+def write_model(directory: Path, shape: Shape = TINY) -> None:
     """Write every file of the model into ``directory`` (which must exist); the marker comes last."""
     tokenizer = train_tokenizer(build_corpus())
-    config = model_config(tokenizer)
+    config = model_config(tokenizer, shape)
     tokenizer.save(str(directory / "tokenizer.json"))
     _write_json(
         directory / "tokenizer_config.json",
@@ -301,35 +324,41 @@ def write_model(directory: Path) -> None:
         },
     )
     save_file(random_weights(config), str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / MARKER).write_text(BUILD_VERSION + "\n")
+    (directory / MARKER).write_text(marker_text(shape))
 
 
-def is_complete(directory: Path) -> bool:
-    """Whether ``directory`` holds a finished build of the current version."""
+def marker_text(shape: Shape) -> str:
+    """The marker's content: the build version, and the shape unless it is the tiny default."""
+    suffix = "" if shape == TINY else " " + json.dumps(asdict(shape), sort_keys=True)
+    return BUILD_VERSION + suffix + "\n"
+
+
+def is_complete(directory: Path, shape: Shape = TINY) -> bool:
+    """Whether ``directory`` holds a finished build of the current version and of ``shape``."""
     try:
-        return (directory / MARKER).read_text().strip() == BUILD_VERSION
+        return (directory / MARKER).read_text() == marker_text(shape)
     except OSError:
         return False
 
 
-def build_tiny_model(out_dir: Path) -> Path:
-    """Build the tiny model into ``out_dir`` unless a complete build is already there; return it."""
+def build_tiny_model(out_dir: Path, shape: Shape = TINY) -> Path:
+    """Build the model of ``shape`` into ``out_dir`` unless a complete build is there; return it."""
     out_dir = Path(out_dir)
-    if is_complete(out_dir):
+    if is_complete(out_dir, shape):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     try:
-        write_model(staging)
-        _move_into_place(staging, out_dir)
+        write_model(staging, shape)
+        _move_into_place(staging, out_dir, shape)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
-def _move_into_place(staging: Path, out_dir: Path) -> None:
+def _move_into_place(staging: Path, out_dir: Path, shape: Shape) -> None:
     """Rename ``staging`` to ``out_dir``, replacing a stale or partial directory there."""
-    if out_dir.exists() and not is_complete(out_dir):
+    if out_dir.exists() and not is_complete(out_dir, shape):
         # Set the stale copy aside first so the final rename stays a single atomic step.
         stale = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.stale-", dir=out_dir.parent))
         try:
@@ -341,7 +370,7 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
         os.rename(staging, out_dir)
     except OSError:
         # Another builder won the race; its build is as good as ours.
-        if not is_complete(out_dir):
+        if not is_complete(out_dir, shape):
             raise
 
 
@@ -349,8 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m engines.tiny_model --out DIR``: build (or find) the model and print its path."""
     parser = argparse.ArgumentParser(prog="python -m engines.tiny_model", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory to hold the model")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=TINY.name, help="model size")
     args = parser.parse_args(argv)
-    print(build_tiny_model(args.out).resolve())
+    print(build_tiny_model(args.out, SHAPES[args.shape]).resolve())
     return 0
 
 

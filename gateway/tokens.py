@@ -354,9 +354,9 @@ def local_model_dir(model: str, data_dir: Path) -> Path | None:
         from engines import models, tiny_model
     except ImportError:
         return None
-    if model == models.TINY_LLAMA:
-        directory = Path(data_dir) / "models" / "tiny-llama"  # where resolve_model_source builds it
-        return directory if tiny_model.is_complete(directory) else None
+    if model in models.LLAMA_SHAPES:
+        directory = models.llama_dir(model, data_dir)  # where resolve_model_source builds it
+        return directory if tiny_model.is_complete(directory, models.LLAMA_SHAPES[model]) else None
     try:
         return models.minilm_path() if model == models.MINILM else None
     except models.ModelSourceError:
