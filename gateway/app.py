@@ -19,6 +19,7 @@ from gateway.admission import Admission
 from gateway.api import admin, openai, ops, usage
 from gateway.auth import Authenticator
 from gateway.discovery import EndpointDiscovery
+from gateway.drains import Drains, create_drain_board
 from gateway.engine_stats import EngineStatsScraper
 from gateway.errors import (
     GatewayError,
@@ -57,12 +58,14 @@ def create_app(settings: Settings, spec: DeploymentSpec | None = None, store: St
             state.spec, state.router, state.health, state.session, settings.discovery_interval_s
         )
         await discovery.refresh()  # discovered engines are known before the first health check
+        await state.drains.sync()  # engines drained through other replicas stay drained here
         await state.health.check_all()  # no traffic to an engine before its first check
         await _seed_budgets(state)
         tasks = [
             asyncio.create_task(state.health.run(), name="health"),
             asyncio.create_task(state.ledger.run(), name="ledger"),
             asyncio.create_task(discovery.run(), name="discovery"),
+            asyncio.create_task(state.drains.run(), name="drains"),
             asyncio.create_task(
                 EngineStatsScraper(
                     state.router, state.session, settings.engine_stats_interval_s, settings.health_timeout_s
@@ -83,6 +86,7 @@ def create_app(settings: Settings, spec: DeploymentSpec | None = None, store: St
             await state.admission.close()
             await state.ledger.close()
             await state.session.close()
+            await state.drains.close()
             await state.store.close()
             state.journal.close()
 
@@ -123,10 +127,12 @@ async def _build_state(settings: Settings, spec: DeploymentSpec, store: Store | 
         session, settings.connect_timeout_s, settings.request_timeout_s, settings.first_token_timeout_s
     )
     proxy = ProxyService(router, upstream, health, admission, meter, metrics, settings.max_body_bytes)
+    board = create_drain_board(settings.redis_url, settings.redis_prefix)
     return GatewayState(
         settings=settings, spec=spec, store=store, metrics=metrics, session=session, router=router,
         health=health, authenticator=Authenticator(store, settings.auth_cache_ttl_s), ledger=ledger,
         proxy=proxy, journal=journal, prices=prices, meter=meter, admission=admission,
+        drains=Drains(board, router, settings.drain_sync_interval_s),
     )  # fmt: skip
 
 
@@ -147,6 +153,7 @@ def _admission(
 ) -> Admission:
     limiter = create_limiter(
         settings.redis_url, settings.limiter_fail_open, lease_ttl_s=settings.limiter_lease_ttl_s,
+        prefix=settings.redis_prefix + "limits:",
         on_error=lambda operation: metrics.limiter_failures.labels(operation).inc(),
     )  # fmt: skip
     counters = build_counters(spec, settings.data_dir)

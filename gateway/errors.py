@@ -179,6 +179,14 @@ class LimiterUnavailableError(GatewayError):
     default_code = "rate_limiter_unavailable"
 
 
+class SharedStateUnavailableError(GatewayError):
+    """State all replicas share (Redis) is unreachable for an admin change that must reach them all."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "shared_state_unavailable"
+
+
 class UpstreamTimeoutError(GatewayError):
     status_code = 504
     error_type = "timeout"

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # the limits between gateway replicas (else each process limits on its own).
     limits_path: Path | None = Path("configs/limits.yaml")
     redis_url: str | None = None
+    # Every Redis key the gateway writes starts with this (several deployments may share a Redis).
+    redis_prefix: str = "gw:"
     # Redis down: admit unchecked (open) or refuse with 503 (closed). Logged and counted either way.
     limiter_fail_open: bool = True
     # A request's concurrency slot lapses after this long even if its replica died holding it.
@@ -84,6 +86,9 @@ class Settings(BaseSettings):
     # Engine discovery (pools with ``discovery``, gateway/discovery.py): how often each pool's
     # Service or DNS name is looked up again.
     discovery_interval_s: float = Field(default=5.0, gt=0)
+    # With Redis, engines drained through any replica's admin API are drained on every replica
+    # within this bound (gateway/drains.py).
+    drain_sync_interval_s: float = Field(default=2.0, gt=0)
 
     def journal_path(self) -> Path:
         return self.journal_dir or self.data_dir / "journal" / f"port-{self.port}"

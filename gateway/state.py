@@ -9,6 +9,7 @@ import aiohttp
 from engines.spec import DeploymentSpec
 from gateway.admission import Admission
 from gateway.auth import Authenticator
+from gateway.drains import Drains
 from gateway.health import HealthChecker
 from gateway.journal import Journal
 from gateway.metering import LedgerWriter, Meter
@@ -36,3 +37,4 @@ class GatewayState:
     prices: PriceBook
     meter: Meter
     admission: Admission
+    drains: Drains

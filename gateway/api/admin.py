@@ -202,7 +202,7 @@ async def list_engines(state: StateDep) -> EngineList:
 
 
 async def _set_draining(state: StateDep, url: str, draining: bool) -> EngineList:
-    matched = state.router.set_draining(url, draining)
+    matched = await state.drains.set(url, draining)
     if not matched:
         raise ResourceNotFoundError(f"No engine at `{url}`.", param="url")
     now = time.monotonic()
@@ -211,7 +211,8 @@ async def _set_draining(state: StateDep, url: str, draining: bool) -> EngineList
 
 @router.post("/engines/drain")
 async def drain_engine(body: EngineDrainRequest, state: StateDep) -> EngineList:
-    """Stop routing new requests to an engine (this gateway process only); those in flight finish."""
+    """Stop routing new requests to an engine; those in flight finish. With Redis every replica
+    follows within ``drain_sync_interval_s``; without, this process only."""
     return await _set_draining(state, body.url, True)
 
 

@@ -1,13 +1,15 @@
 """The multi-replica deployment end to end: three gateway processes with ``GATEWAY_REPLICATED``
 on the real PostgreSQL and Redis, in front of a pool of two engines, under a mixed load (chat,
 streams, completions, embeddings, clients leaving mid-stream, a rate-limited tenant) sent round
-robin. One ledger that agrees with the engines' own counters, one global limit, and a revoked
-key refused by every replica within the stated bound."""
+robin. One ledger that agrees with the engines' own counters, one global limit, an engine drained
+through one replica's admin API drained on all of them, and a revoked key refused by every replica
+within the stated bounds."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,13 +25,15 @@ from tests.e2e.conftest import GatewayProcess, start_gateway
 from tests.support.metrics import sample, total
 from tests.support.postgres import require_postgres, temporary_schema
 from tests.support.processes import Process, start_sim
-from tests.support.redis import redis_url, require_redis
+from tests.support.redis import delete_prefix, redis_url, require_redis
 
 pytestmark = pytest.mark.e2e
 
 MODEL = "sim-mixed"
 CAPPED_RPM = 20
 AUTH_CACHE_TTL_S = 0.5  # start_gateway's GATEWAY_AUTH_CACHE_TTL_S
+DRAIN_SYNC_S = 0.5  # GATEWAY_DRAIN_SYNC_INTERVAL_S: the bound for a drain to reach every replica
+ADMIN = {"Authorization": "Bearer test-admin-token-for-the-mixed-replicas-e2e"}
 MESSAGES = [{"role": "user", "content": "one two three four"}]
 # (path, body) of the steady tenant's requests, cycled; "abort" streams are left after 3 chunks.
 SHAPES: list[tuple[str, dict[str, Any]]] = [
@@ -104,12 +108,54 @@ async def wait_for_rows(store: PostgresStore, tenant: str, count: int) -> list[A
     return rows
 
 
+async def drained_everywhere(gateways: list[GatewayProcess], engine: str, draining: bool) -> float:
+    """Seconds until every replica's ``/admin/engines`` shows ``engine`` as ``draining``."""
+    started = time.monotonic()
+    async with httpx.AsyncClient(timeout=10) as client:
+        while time.monotonic() - started < 10:
+            states = []
+            for gateway in gateways:
+                engines = (await client.get(f"{gateway.url}/admin/engines", headers=ADMIN)).json()["data"]
+                states += [e["draining"] for e in engines if e["url"] == engine]
+            if states == [draining] * len(gateways):
+                return time.monotonic() - started
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{engine} not draining={draining} on every replica after 10 s")
+
+
+async def check_shared_drain(gateways: list[GatewayProcess], engine_urls: list[str], key: str) -> None:
+    """Drain an engine through replica 0: replicas 1 and 2 stop using it within the sync bound;
+    resume it through replica 2 and all three use it again."""
+    drained, other = engine_urls
+    async with httpx.AsyncClient(timeout=10) as client:
+        reply = await client.post(
+            f"{gateways[0].url}/admin/engines/drain", json={"url": drained}, headers=ADMIN
+        )
+        assert reply.status_code == 200 and reply.json()["data"][0]["draining"]
+        assert await drained_everywhere(gateways, drained, True) < DRAIN_SYNC_S + 1
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2}
+        headers = {"Authorization": f"Bearer {key}"}
+        for i in range(8):
+            reply = await client.post(
+                f"{gateways[1 + i % 2].url}/v1/chat/completions", json=body, headers=headers
+            )
+            assert reply.status_code == 200
+        reply = await client.post(
+            f"{gateways[2].url}/admin/engines/resume", json={"url": drained}, headers=ADMIN
+        )
+        assert reply.status_code == 200
+        assert await drained_everywhere(gateways, drained, False) < DRAIN_SYNC_S + 1
+    rows = await asyncio.to_thread(gateways[0].ledger, "drainer", 8)
+    assert len(rows) == 8 and {r.endpoint for r in rows} == {other}
+
+
 async def test_mixed_load_over_three_replicated_gateways(tmp_path: Path) -> None:
     require_postgres()
     require_redis()
     engines = [start_sim(tmp_path, MODEL, "--itl-ms", "20", "--output-tokens", "200") for _ in range(2)]
     engine_urls = [url for _, url in engines]
     procs: list[Process] = []
+    redis_prefix = f"test-mixed-{secrets.token_hex(6)}:"
     async with temporary_schema("mixed") as url:
         store = PostgresStore(url)
         try:
@@ -121,6 +167,9 @@ async def test_mixed_load_over_three_replicated_gateways(tmp_path: Path) -> None
                     "GATEWAY_REPLICATED": "true",
                     "GATEWAY_DATABASE_URL": url,
                     "GATEWAY_REDIS_URL": redis_url(),
+                    "GATEWAY_REDIS_PREFIX": redis_prefix,
+                    "GATEWAY_DRAIN_SYNC_INTERVAL_S": str(DRAIN_SYNC_S),
+                    "GATEWAY_ADMIN_TOKEN": ADMIN["Authorization"].removeprefix("Bearer "),
                 }
                 proc, gateway = start_gateway(home, [PoolSpec(served_name=MODEL, endpoints=engine_urls)], env)
                 procs.append(proc)
@@ -169,6 +218,8 @@ async def test_mixed_load_over_three_replicated_gateways(tmp_path: Path) -> None
             )
             assert tokens == sum(r.completion_tokens for r in steady)
 
+            await check_shared_drain(gateways, engine_urls, gateways[0].new_key("drainer"))
+
             # Revoking a key on one replica reaches all three within the auth cache's lifetime.
             key_id = gateways[0].cli("keys", "list", "--tenant", "steady").split()[0]
             gateways[2].cli("keys", "revoke", key_id)
@@ -185,3 +236,4 @@ async def test_mixed_load_over_three_replicated_gateways(tmp_path: Path) -> None
                 proc.stop()
             for proc, _ in engines:
                 proc.stop()
+            await delete_prefix(redis_prefix)
