@@ -24,6 +24,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from engines.models import resolve_model_source
+from engines.placement import BIND_VARIABLE, cpu_bindings
 from engines.spec import DeploymentSpec, PoolSpec
 
 logger = logging.getLogger(__name__)
@@ -106,17 +107,20 @@ def sim_argv(pool: PoolSpec, port: int, python: str = sys.executable) -> list[st
     return argv + ["--model", pool.served_name, *pool.vllm_args]
 
 
-def engine_env(pool: PoolSpec, replica: int) -> dict[str, str]:
-    """The replica's environment additions: offline hub, GPU placement, the pool's own ``env``."""
+def engine_env(pool: PoolSpec, replica: int, cpu_bind: str | None = None) -> dict[str, str]:
+    """The replica's environment additions: offline hub, GPU or CPU placement, the pool's own ``env``."""
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if pool.device == "gpu" and pool.placement:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in pool.placement[replica].gpu_ids)
+    if cpu_bind is not None:
+        env[BIND_VARIABLE] = cpu_bind
     return env | pool.env
 
 
 def build_commands(spec: DeploymentSpec, data_dir: Path, python: str = sys.executable) -> list[EngineCommand]:
     """One command per launched replica; resolves (and builds if needed) each pool's model once."""
     commands = []
+    cpu_binds = cpu_bindings(spec)
     for pool in spec.pools:
         if not pool.launched:
             continue
@@ -127,9 +131,8 @@ def build_commands(spec: DeploymentSpec, data_dir: Path, python: str = sys.execu
                 if pool.engine == "vllm"
                 else sim_argv(pool, port, python)
             )
-            commands.append(
-                EngineCommand(f"{pool.served_name}#{replica}", argv, engine_env(pool, replica), url)
-            )
+            name = f"{pool.served_name}#{replica}"
+            commands.append(EngineCommand(name, argv, engine_env(pool, replica, cpu_binds.get(name)), url))
     return commands
 
 

@@ -21,11 +21,14 @@ class SpecError(ValueError):
 
 
 class ReplicaSpec(BaseModel):
-    """Per-replica placement: the GPUs one engine process may use."""
+    """Per-replica placement: the GPUs, or for a CPU engine the cores, one engine process may use."""
 
     model_config = ConfigDict(extra="forbid")
 
     gpu_ids: list[int] = Field(default_factory=list)
+    # vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` syntax, e.g. ``0-7`` (``0-3|4-7`` for two tensor-parallel
+    # ranks). Unset: the launcher splits the cores between its CPU engines (engines/placement.py).
+    cpus: str | None = Field(default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*(\|\d+(-\d+)?(,\d+(-\d+)?)*)*$")
 
 
 class QueueSpec(BaseModel):

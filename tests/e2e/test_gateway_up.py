@@ -1,0 +1,106 @@
+"""The README's first command, as a new user runs it: ``gateway up`` on an empty data directory
+builds the tiny model, starts a real vLLM CPU engine and the gateway, and prints a key with a
+``curl`` and an ``openai`` snippet that work when pasted verbatim. Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.processes import REPO, Process, free_port
+
+pytestmark = pytest.mark.e2e
+
+READY_TIMEOUT_S = 600  # model build, engine load (about a minute), gateway start
+
+
+def gateway_script() -> str:
+    """The ``gateway`` console script of this environment (what the README runs)."""
+    script = Path(sys.executable).parent / "gateway"
+    assert script.exists(), f"the package's console script is missing: {script}"
+    return str(script)
+
+
+def wait_for_banner(proc: Process) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        text = proc.log_path.read_text(errors="replace")
+        if "Press Ctrl-C" in text:
+            return text
+        if proc.popen.poll() is not None:
+            raise AssertionError(f"gateway up exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        time.sleep(0.5)
+    raise TimeoutError(f"no banner after {READY_TIMEOUT_S} s:\n{proc.log_tail()}")
+
+
+def snippets(banner: str) -> tuple[str, str, str]:
+    """The key, the curl command and the python command, as printed."""
+    key = re.search(r"Demo tenant key \(shown once\): (\S+)", banner)
+    assert key, banner
+    block = banner[key.end() : banner.index("Press Ctrl-C")]
+    commands = [c.strip() for c in block.strip().split("\n\n")]
+    assert len(commands) == 2 and commands[0].startswith("curl "), commands
+    return key.group(1), commands[0], commands[1]
+
+
+def own_usage(port: int, key: str) -> dict[str, object]:
+    """Today's usage totals of the key's tenant, once the ledger writer has flushed them."""
+    today = datetime.now(UTC).date().isoformat()
+    url = f"http://127.0.0.1:{port}/v1/usage?from={today}&to={today}"
+    deadline = time.monotonic() + 10
+    while True:
+        reply = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        assert reply.status_code == 200, reply.text
+        total: dict[str, object] = reply.json()["total"]
+        if total["requests"] or time.monotonic() > deadline:
+            return total
+        time.sleep(0.2)
+
+
+def test_gateway_up_serves_the_printed_snippets_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    # configs/local.yaml as shipped, but on free ports so it never meets another run.
+    spec = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    engine_port = free_port()
+    spec["pools"][0]["base_port"] = engine_port
+    config = tmp_path / "local.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    port = free_port()
+    env = {
+        "GATEWAY_CONFIG_PATH": str(config), "GATEWAY_PORT": str(port),
+        "GATEWAY_DATA_DIR": str(tmp_path / "data"),
+        "GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'gateway.db'}",
+    }  # fmt: skip
+    proc = Process([gateway_script(), "up"], tmp_path / "up.log", env)
+    try:
+        banner = wait_for_banner(proc)
+        key, curl, python = snippets(banner)
+        assert key.startswith("sk-") and f"127.0.0.1:{port}" in curl
+
+        reply = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120, check=True)
+        answer = json.loads(reply.stdout)
+        assert answer["object"] == "chat.completion" and answer["usage"]["completion_tokens"] > 0
+        said = subprocess.run(["bash", "-c", python], capture_output=True, text=True, timeout=120)
+        assert said.returncode == 0 and said.stdout.strip(), said.stderr[-2000:]
+
+        # Both requests are the demo tenant's usage, readable with its own key.
+        assert own_usage(port, key)["requests"] == 2
+    finally:
+        proc.signal(signal.SIGINT)  # what Ctrl-C in the terminal sends to the whole group
+        code = proc.popen.wait(60)
+        proc.stop()
+    assert code == 0, proc.log_tail()
+    with pytest.raises(httpx.ConnectError):  # the engine went with it
+        httpx.get(f"http://127.0.0.1:{engine_port}/health", timeout=2)
