@@ -321,7 +321,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chaos", choices=["sim", "vllm"], help="run the chaos test on these engines")
     parser.add_argument("--engine", choices=["vllm", "sim"], default="vllm", help="policy comparison engines")
     parser.add_argument(
-        "--omp-bind", default=OMP_BIND, help="vLLM engines' VLLM_CPU_OMP_THREADS_BIND ('auto': pin)"
+        "--omp-bind",
+        default=OMP_BIND,
+        help="vLLM engines' VLLM_CPU_OMP_THREADS_BIND ('auto': vLLM pins both to the same cores; 'split': "
+        "the launcher gives each its own)",
     )
     parser.add_argument(
         "--kv-blocks", type=int, help="vLLM KV cache size in 128-token blocks (default: 1 GiB, 4096)"

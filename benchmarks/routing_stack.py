@@ -25,6 +25,7 @@ import orjson
 import yaml
 
 from engines.launcher import EngineLauncher
+from engines.placement import BIND_VARIABLE
 from engines.spec import DeploymentSpec, PoolSpec
 from tests.support.metrics import total
 from tests.support.processes import REPO, Process, free_port
@@ -37,8 +38,10 @@ VLLM_ARGS = ["--max-model-len", "16384", "--max-num-seqs", "8", "--dtype", "floa
 VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 # vLLM's CPU "auto" binding pins every replica's worker to the same core (core 0 of two), and a
 # worker busy-polls for 1 s after each step (shm_broadcast ``busy_loop_s``): the replica that
-# worked last then starves the other for about a second. Unpinned, they share both cores.
-OMP_BIND = "nobind"
+# worked last then starves the other for about a second. ``split``: the launcher gives each
+# engine its own core (engines/placement.py); measured better than unpinned (``nobind``) under
+# load (benchmarks/RESULTS.md).
+OMP_BIND = "split"
 # Shared with the tests and `gateway up`, so the tiny model is built once per machine.
 DATA_DIR = Path(os.environ.get("GATEWAY_DATA_DIR", REPO / "data"))
 READY_TIMEOUT_S = 900.0
@@ -94,7 +97,8 @@ def pool_spec(
     model: str = "tiny",
 ) -> PoolSpec:
     """A built-in Llama (``MODEL_SOURCES``) on ``replicas`` vLLM CPU engines (as the e2e tests run
-    the tiny one, but for ``omp_bind``: ``VLLM_CPU_OMP_THREADS_BIND``; ``kv_blocks``: a smaller KV
+    the tiny one, but for ``omp_bind``: ``VLLM_CPU_OMP_THREADS_BIND``, ``split`` leaving it to the
+    launcher, which gives each engine its own cores; ``kv_blocks``: a smaller KV
     cache, in blocks of 128 tokens), or on simulated engines."""
     vllm = engine == "vllm"
     blocks = ["--num-gpu-blocks-override", str(kv_blocks)] if kv_blocks else []
@@ -102,7 +106,7 @@ def pool_spec(
         served_name=MODEL, model=MODEL_SOURCES[model], engine=engine, replicas=replicas,
         base_port=free_ports(replicas),
         vllm_args=VLLM_ARGS + blocks if vllm else sim_args,
-        env={**VLLM_ENV, "VLLM_CPU_OMP_THREADS_BIND": omp_bind} if vllm else {},
+        env=(VLLM_ENV | ({} if omp_bind == "split" else {BIND_VARIABLE: omp_bind})) if vllm else {},
     )  # fmt: skip
 
 
