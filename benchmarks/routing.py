@@ -120,7 +120,8 @@ async def drive(
             conversation = line.pop(rng.randrange(len(line)))
             question = conversation.questions.pop(0)
             conversation.messages.append({"role": "user", "content": question})
-            body = chat_body(conversation.messages, conversation.user, args.max_tokens)
+            user = conversation.user if args.affinity == "user" else None
+            body = chat_body(conversation.messages, user, args.max_tokens)
             result = await stream_chat(session, url, conversation.key, body)
             result.turn, result.user = len(conversation.messages) // 2, conversation.user
             results.append(result)
@@ -339,6 +340,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--doc-words", type=int, default=1000, help="each conversation's document, words")
     parser.add_argument("--user-words", type=int, default=40, help="user message words")
+    parser.add_argument(
+        "--affinity",
+        choices=["user", "prompt"],
+        default="user",
+        help="name each conversation in `user` (prefix_aware keys on it) or send no `user` (it keys "
+        "on the prompt: a long system prompt alone, so an app's conversations share an engine)",
+    )
     parser.add_argument("--concurrency", type=int, help="streams in flight (4; chaos: vllm 4, sim 8)")
     parser.add_argument("--max-tokens", type=int, help="per request (16; chaos: 1 to 2x this, 32)")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each policy, order rotated")
@@ -369,9 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         text, verdict = chaos_table(report)
     else:
         name = "routing" + (f"-{args.model}" if args.model != "small" else "")
-        name += (f"-doc{args.doc_words}" if args.doc_words != 1000 else "") + (
-            f"-kv{args.kv_blocks}" if args.kv_blocks else ""
-        )
+        name += f"-doc{args.doc_words}" if args.doc_words != 1000 else ""
+        name += f"-kv{args.kv_blocks}" if args.kv_blocks else ""
+        name += "-prompt" if args.affinity == "prompt" else ""
         report = {"rows": asyncio.run(compare_policies(args, OUT_DIR / f"{name}-logs"))}
         text, verdict = policy_table(report["rows"])
     print(f"\n{text}\n\n{verdict}\n(run took {time.perf_counter() - started:.0f} s)")

@@ -206,12 +206,14 @@ class Result:
         return {k: v for k, v in asdict(self).items() if k != "text"} | {"kind": self.kind}
 
 
-def chat_body(messages: list[dict[str, str]], user: str, max_tokens: int) -> dict[str, Any]:
-    return {
+def chat_body(messages: list[dict[str, str]], user: str | None, max_tokens: int) -> dict[str, Any]:
+    """A streamed chat request; ``user`` (the OpenAI field) is left out when None."""
+    body = {
         "model": MODEL, "messages": messages, "max_tokens": max_tokens, "stream": True,
-        "stream_options": {"include_usage": True}, "user": user,
+        "stream_options": {"include_usage": True},
         "ignore_eos": True,  # vLLM: a random-weight model would otherwise stop at random lengths
     }  # fmt: skip
+    return body if user is None else body | {"user": user}
 
 
 async def stream_chat(session: aiohttp.ClientSession, url: str, key: str, body: dict[str, Any]) -> Result:
