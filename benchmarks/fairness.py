@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ import orjson
 
 from benchmarks.loadgen import percentile
 from benchmarks.overhead import LoadGenerator, build_request
+from benchmarks.stack import tenant_key
 from tests.support.processes import REPO, Process, free_port
 
 MODEL = "sim-model"
@@ -45,14 +44,6 @@ MAX_INFLIGHT = 8
 TARGET_RATIO = 2.0
 OUT = REPO / "benchmarks" / "out" / "fairness.json"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-
-
-def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], env={**os.environ, **env}, cwd=REPO,
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return done.stdout
 
 
 @contextlib.contextmanager
@@ -70,10 +61,7 @@ def gateway(tmp: Path, engine_port: int, fair_queue: bool) -> Iterator[tuple[int
         "GATEWAY_LIMITS_PATH": str(tmp / "no-limits.yaml"),  # absent: tenants are unlimited
         "GATEWAY_DATA_DIR": str(tmp / f"data-{port}"),
     }  # fmt: skip
-    keys = {}
-    for tenant in ("a", "b"):
-        _cli(env, "tenants", "create", tenant)
-        keys[tenant] = _cli(env, "keys", "create", "--tenant", tenant).strip().splitlines()[-1]
+    keys = {tenant: tenant_key(env, tenant) for tenant in ("a", "b")}
     proc = Process([sys.executable, "-m", "gateway.cli", "serve"], tmp / f"gateway-{port}.log", env)
     try:
         proc.wait_http(f"http://127.0.0.1:{port}/health", 60)

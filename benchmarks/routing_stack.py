@@ -12,7 +12,6 @@ import os
 import random
 import socket
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ import aiohttp
 import orjson
 import yaml
 
+from benchmarks.stack import tenant_key
 from engines.launcher import EngineLauncher
 from engines.placement import BIND_VARIABLE
 from engines.spec import DeploymentSpec, PoolSpec
@@ -124,14 +124,6 @@ async def launched(
         await launcher.stop()
 
 
-def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], env={**os.environ, **env}, cwd=REPO,
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return done.stdout
-
-
 def gateway_env(tmp: Path) -> dict[str, str]:
     """What every gateway of a run shares: one SQLite ledger (tenants made once), no limits."""
     (tmp / "no-limits.yaml").write_text("defaults:\n")
@@ -143,11 +135,7 @@ def gateway_env(tmp: Path) -> dict[str, str]:
 
 def create_keys(env: dict[str, str], tenants: int) -> list[str]:
     """Tenants ``app0`` .. with one key each."""
-    keys = []
-    for i in range(tenants):
-        _cli(env, "tenants", "create", f"app{i}")
-        keys.append(_cli(env, "keys", "create", "--tenant", f"app{i}").strip().splitlines()[-1])
-    return keys
+    return [tenant_key(env, f"app{i}") for i in range(tenants)]
 
 
 def ledger_endpoints(env: dict[str, str]) -> dict[str, str]:

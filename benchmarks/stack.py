@@ -52,12 +52,18 @@ def _gateway_env(tmp: Path, engine_port: int, gateway_port: int) -> dict[str, st
     }
 
 
-def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args], env={**os.environ, **env}, cwd=REPO,
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return done.stdout
+def tenant_key(env: dict[str, str], tenant: str) -> str:
+    """Create ``tenant`` and a key for it with the ``gateway`` CLI on ``env``'s database; the secret."""
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args], env={**os.environ, **env}, cwd=REPO,
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    cli("tenants", "create", tenant)
+    return cli("keys", "create", "--tenant", tenant).strip().splitlines()[-1]
 
 
 @contextlib.contextmanager
@@ -75,8 +81,7 @@ def running_stack(tmp: Path, output_tokens: int) -> Iterator[Stack]:
         engine.wait_http(f"http://127.0.0.1:{engine_port}/health", 30)
 
         env = _gateway_env(tmp, engine_port, gateway_port)
-        _cli(env, "tenants", "create", TENANT)
-        api_key = _cli(env, "keys", "create", "--tenant", TENANT).strip().splitlines()[-1]
+        api_key = tenant_key(env, TENANT)
         gateway = Process([sys.executable, "-m", "gateway.cli", "serve"], tmp / "gateway.log", env)
         stack.callback(gateway.stop)
         gateway.wait_http(f"http://127.0.0.1:{gateway_port}/health", 60)
