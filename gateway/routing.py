@@ -41,7 +41,7 @@ class Endpoint:
     engine_waiting: int = 0
     kv_usage: float = 0.0
     inflight_at_scrape: int = 0  # ``inflight`` when those were read: our share of them
-    # Passive ejection (gateway.health.Ejector): failed requests in a row, when the cool-down
+    # Passive ejection (gateway.health.HealthChecker): failed requests in a row, when the cool-down
     # ends (monotonic; 0: not ejected), its length, and whether the half-open probe is out.
     failures: int = 0
     ejected_until: float = 0.0
