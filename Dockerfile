@@ -7,7 +7,6 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY deploy/constraints.txt ./constraints.txt
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-COPY engines ./engines
 # Every runtime dependency at the version in deploy/constraints.txt (reproducible builds).
 RUN pip install --prefix=/install --constraint constraints.txt .
 

@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 import redis
 
-from gateway.limits import Limiter, Limits, Subject, create_limiter
+from gateway.admission.limits import Limiter, Limits, Subject, create_limiter
 from tests.support.processes import REPO
 from tests.support.redis import redis_url, temporary_prefix
 

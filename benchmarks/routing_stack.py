@@ -26,7 +26,7 @@ import yaml
 from benchmarks.stack import tenant_key
 from engines.launcher import EngineLauncher
 from engines.placement import BIND_VARIABLE
-from engines.spec import DeploymentSpec, PoolSpec
+from gateway.config.pools import DeploymentSpec, PoolSpec
 from tests.support.metrics import total
 from tests.support.processes import REPO, Process, free_port
 

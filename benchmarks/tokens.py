@@ -1,4 +1,4 @@
-"""Where ``gateway.tokens``' numbers come from: characters per token, and microseconds per count.
+"""Where ``gateway.admission.tokens``' numbers come from: characters per token, and microseconds per count.
 
 1. Characters per token of every tokenizer on this machine (tiny-llama's BPE, all-MiniLM-L6-v2's
    WordPiece, and a ``.tiktoken`` ranks file if one is given) on English samples: a chat-style sample
@@ -27,14 +27,14 @@ from pathlib import Path
 
 from engines.models import minilm_path
 from engines.tiny_model import build_tiny_model
-from gateway.records import Api
-from gateway.tokens import (
+from gateway.admission.tokens import (
     EXACT_LIMIT_CHARS,
     HeuristicCounter,
     HfTokenCounter,
     PromptCounter,
     TiktokenCounter,
 )
+from gateway.records import Api
 
 REPO = Path(__file__).resolve().parents[1]
 

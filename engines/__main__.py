@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engines.launcher import EngineLauncher, GatewayAdminDrain
-from engines.spec import load_spec
+from gateway.config.pools import load_spec
 
 
 async def _run(config: Path, data_dir: Path, timeout_s: float, gateways: list[str]) -> None:

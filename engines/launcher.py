@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engines.models import resolve_model_source
 from engines.placement import BIND_VARIABLE, cpu_bindings
-from engines.spec import DeploymentSpec, PoolSpec
+from gateway.config.pools import DeploymentSpec, PoolSpec
 
 logger = logging.getLogger(__name__)
 

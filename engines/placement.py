@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from engines.spec import DeploymentSpec, PoolSpec
+from gateway.config.pools import DeploymentSpec, PoolSpec
 
 BIND_VARIABLE = "VLLM_CPU_OMP_THREADS_BIND"
 

@@ -14,34 +14,34 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engines.spec import DeploymentSpec, load_spec
-from gateway.admission import Admission
+from gateway.admission.limit_config import load_default_limits
+from gateway.admission.limits import create_limiter
+from gateway.admission.service import Admission
+from gateway.admission.tokens import build_counters
 from gateway.api import admin, openai, ops, usage
-from gateway.auth import Authenticator
-from gateway.discovery import EndpointDiscovery
-from gateway.drains import Drains, create_drain_board
-from gateway.engine_stats import EngineStatsScraper
+from gateway.config.pools import DeploymentSpec, load_spec
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     MethodNotAllowedError,
     RouteNotFoundError,
 )
-from gateway.health import EjectionPolicy, HealthChecker
-from gateway.journal import Journal, recovered_rows
-from gateway.limit_config import load_default_limits
-from gateway.limits import create_limiter
-from gateway.metering import LedgerWriter, Meter
+from gateway.metering.journal import Journal, recovered_rows
+from gateway.metering.meter import LedgerWriter, Meter
+from gateway.metering.pricing import PriceBook, load_prices
 from gateway.metrics import GatewayMetrics
-from gateway.pricing import PriceBook, load_prices
-from gateway.proxy import ProxyService
 from gateway.records import Outcome
-from gateway.routing import Router
+from gateway.routing.discovery import EndpointDiscovery
+from gateway.routing.drains import Drains, create_drain_board
+from gateway.routing.engine_stats import EngineStatsScraper
+from gateway.routing.health import EjectionPolicy, HealthChecker
+from gateway.routing.router import Router
+from gateway.serving.proxy import ProxyService
+from gateway.serving.upstream import UpstreamClient, create_session
 from gateway.settings import Settings
 from gateway.state import GatewayState
 from gateway.store import Store, create_store
-from gateway.tokens import build_counters
-from gateway.upstream import UpstreamClient, create_session
+from gateway.tenancy.auth import Authenticator
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ GatewayError                      500 server_error
 ├── AuthenticationError           401 authentication_error / invalid_api_key
 ├── PermissionDeniedError         403 permission_error / permission_denied
 ├── RateLimitError                429 rate_limit_error / rate_limit_exceeded
-│   ├── LimitExceeded             (gateway.limits: carries reason, scope and Retry-After)
+│   ├── LimitExceeded             (gateway.admission.limits: carries reason, scope and Retry-After)
 │   └── TenantQueueFullError      (this tenant's share of a saturated pool's queue is full)
 ├── UpstreamError                 502 upstream_error
 ├── NoHealthyEngineError          503 service_unavailable / no_healthy_engine

@@ -42,7 +42,7 @@ class TenantStatus(StrEnum):
 
 
 # Stored limits: any of rpm, tpm, max_concurrent, monthly_tokens, monthly_cost_pico (absent:
-# unlimited at this level). ``gateway.limits`` turns them into its typed ``Limits``.
+# unlimited at this level). ``gateway.admission.limits`` turns them into its typed ``Limits``.
 LimitValues = dict[str, int]
 LIMIT_NAMES = ("rpm", "tpm", "max_concurrent", "monthly_tokens", "monthly_cost_pico")
 
@@ -103,7 +103,7 @@ class UsageRecord:
     ttft_s: float | None = None
     error_code: str | None = None
     # Exact cost in picodollars (10^-12 of the currency unit): integers sum exactly in every
-    # database; ``gateway.pricing`` converts to and from ``Decimal``.
+    # database; ``gateway.metering.pricing`` converts to and from ``Decimal``.
     cost_pico: int = 0
     price_version: str | None = None
     extra: dict[str, str] = field(default_factory=dict)

@@ -12,8 +12,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from engines.spec import DeploymentSpec
 from gateway.app import create_app
+from gateway.config.pools import DeploymentSpec
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)

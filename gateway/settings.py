@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     first_token_timeout_s: float = Field(default=120.0, gt=0)
     request_timeout_s: float = Field(default=600.0, gt=0)
-    # Passive ejection (gateway/health.py): failed requests in a row, first cool-down, longest.
+    # Passive ejection (gateway/routing/health.py): failed requests in a row, first cool-down, longest.
     eject_after_failures: int = Field(default=5, ge=1)
     eject_cooldown_s: float = Field(default=10.0, gt=0)
     eject_max_cooldown_s: float = Field(default=120.0, gt=0)
@@ -83,11 +83,11 @@ class Settings(BaseSettings):
     # 50 ms flushes were the main source of the c=1 latency tail (benchmarks/RESULTS.md).
     ledger_flush_interval_s: float = Field(default=0.25, gt=0)
     ledger_batch_size: int = Field(default=500, ge=1)
-    # Engine discovery (pools with ``discovery``, gateway/discovery.py): how often each pool's
+    # Engine discovery (pools with ``discovery``, gateway/routing/discovery.py): how often each pool's
     # Service or DNS name is looked up again.
     discovery_interval_s: float = Field(default=5.0, gt=0)
     # With Redis, engines drained through any replica's admin API are drained on every replica
-    # within this bound (gateway/drains.py).
+    # within this bound (gateway/routing/drains.py).
     drain_sync_interval_s: float = Field(default=2.0, gt=0)
 
     def journal_path(self) -> Path:

@@ -6,19 +6,19 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from engines.spec import DeploymentSpec
-from gateway.admission import Admission
-from gateway.auth import Authenticator
-from gateway.drains import Drains
-from gateway.health import HealthChecker
-from gateway.journal import Journal
-from gateway.metering import LedgerWriter, Meter
+from gateway.admission.service import Admission
+from gateway.config.pools import DeploymentSpec
+from gateway.metering.journal import Journal
+from gateway.metering.meter import LedgerWriter, Meter
+from gateway.metering.pricing import PriceBook
 from gateway.metrics import GatewayMetrics
-from gateway.pricing import PriceBook
-from gateway.proxy import ProxyService
-from gateway.routing import Router
+from gateway.routing.drains import Drains
+from gateway.routing.health import HealthChecker
+from gateway.routing.router import Router
+from gateway.serving.proxy import ProxyService
 from gateway.settings import Settings
 from gateway.store import Store
+from gateway.tenancy.auth import Authenticator
 
 
 @dataclass(slots=True)

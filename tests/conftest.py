@@ -10,12 +10,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from engines.spec import DeploymentSpec, PoolSpec
 from gateway.app import create_app
-from gateway.auth import generate_key
+from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.records import ApiKey
 from gateway.settings import Settings
 from gateway.state import GatewayState
+from gateway.tenancy.auth import generate_key
 from tests.support.processes import Process, start_sim
 
 SIM_MODEL = "sim-model"

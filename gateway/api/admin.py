@@ -12,11 +12,10 @@ import time
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import HTMLResponse
 
+from gateway.admission.limit_config import limit_fields
 from gateway.api.deps import ReporterDep, StateDep, TenancyDep, admin_caller
 from gateway.api.usage import PeriodDep, ReportFormat, report_reply
-from gateway.charts import render_usage_chart
 from gateway.errors import InvalidRequestError, ResourceNotFoundError
-from gateway.limit_config import limit_fields
 from gateway.protocol import (
     CreatedKey,
     EngineDrainRequest,
@@ -34,9 +33,10 @@ from gateway.protocol import (
     TenantObject,
 )
 from gateway.records import ApiKey, LimitValues, Tenant, TenantStatus
-from gateway.routing import Endpoint
+from gateway.reporting.charts import render_usage_chart
+from gateway.routing.endpoint import Endpoint
 from gateway.store.base import UNSET, GroupBy, _Unset
-from gateway.tenancy import IssuedKey, format_timestamp, parse_limits, parse_timestamp
+from gateway.tenancy.service import IssuedKey, format_timestamp, parse_limits, parse_timestamp
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_caller)])
 

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.auth import authorize_admin
 from gateway.errors import AuthenticationError
 from gateway.records import ApiKey
-from gateway.reports import UsageReporter
+from gateway.reporting.reports import UsageReporter
 from gateway.state import GatewayState
-from gateway.tenancy import TenancyService
+from gateway.tenancy.auth import authorize_admin
+from gateway.tenancy.service import TenancyService
 
 
 async def get_state(request: Request) -> GatewayState:

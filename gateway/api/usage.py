@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.api.deps import KeyDep, ReporterDep
 from gateway.errors import InvalidRequestError
-from gateway.reports import ReportPeriod, UsageReport, render_csv, report_response
+from gateway.reporting.reports import ReportPeriod, UsageReport, render_csv, report_response
 from gateway.store.base import GroupBy
 
 router = APIRouter(prefix="/v1")

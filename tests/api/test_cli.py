@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.records import UsageRecord
-from gateway.reports import ReportPeriod, UsageReporter, render_json
+from gateway.reporting.reports import ReportPeriod, UsageReporter, render_json
 from gateway.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from engines.spec import DeploymentSpec, PoolSpec, QueueSpec
 from gateway.app import create_app
+from gateway.config.pools import DeploymentSpec, PoolSpec, QueueSpec
 from gateway.settings import Settings
 from tests.conftest import SIM_MODEL, Gateway
 from tests.support.metrics import sample

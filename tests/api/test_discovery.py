@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from engines.spec import PoolSpec
+from gateway.config.pools import PoolSpec
 from tests.api.test_dedicated import chat, serving
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from engines.spec import PoolSpec
+from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
 from tests.api.test_dedicated import serving
 from tests.conftest import SIM_MODEL, Gateway

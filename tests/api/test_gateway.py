@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from engines.spec import PoolSpec
 from gateway.app import create_app
+from gateway.config.pools import PoolSpec
 from gateway.records import Outcome, UsageRecord
 from gateway.settings import Settings
 from tests.conftest import SIM_MODEL, Gateway, pool_spec

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from engines.spec import PoolSpec
 from gateway.app import create_app
+from gateway.config.pools import PoolSpec
 from gateway.settings import Settings
 from tests.conftest import SIM_MODEL, pool_spec
 

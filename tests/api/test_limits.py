@@ -11,10 +11,10 @@ import openai
 import pytest
 
 from gateway.app import create_app
-from gateway.auth import generate_key
 from gateway.records import Outcome, UsageRecord
 from gateway.settings import Settings
 from gateway.store.sqlite import SqliteStore
+from gateway.tenancy.auth import generate_key
 from tests.api.test_gateway import CHAT, CHAT_PROMPT_TOKENS, auth, ledger
 from tests.conftest import SIM_MODEL, Gateway, pool_spec
 from tests.support.metrics import sample

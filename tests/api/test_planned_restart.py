@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from engines.launcher import EngineLauncher
-from engines.spec import DeploymentSpec, PoolSpec
 from gateway.app import create_app
-from gateway.embedded import RouterDrain
+from gateway.cli.embedded import RouterDrain
+from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.settings import Settings
 from tests.conftest import SIM_MODEL, Gateway
 from tests.support.processes import two_free_ports

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines.spec import PoolSpec
+from gateway.config.pools import PoolSpec
 from tests.api.test_dedicated import serving
 from tests.conftest import SIM_MODEL
 from tests.support.processes import start_sim

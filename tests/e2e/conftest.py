@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from engines.launcher import EngineLauncher
-from engines.spec import DeploymentSpec, PoolSpec
+from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.records import UsageRecord
 from gateway.store import create_store
 from tests.support.metrics import total

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from engines.spec import PoolSpec
+from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
 from tests.e2e.conftest import start_gateway
 from tests.support.processes import start_sim

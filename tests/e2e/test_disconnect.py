@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engines.spec import PoolSpec
+from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
 from tests.e2e.conftest import start_gateway
 from tests.support.metrics import total

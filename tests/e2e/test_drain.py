@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from engines.launcher import EngineLauncher, GatewayAdminDrain
-from engines.spec import DeploymentSpec, PoolSpec
+from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.records import Outcome
 from tests.conftest import ADMIN_TOKEN, SIM_MODEL
 from tests.e2e.conftest import GatewayProcess, start_gateway

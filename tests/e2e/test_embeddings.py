@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from engines.spec import PoolSpec
+from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
 from tests.e2e.conftest import MINILM, Engine, GatewayProcess, start_gateway
 

@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 
-from engines.spec import PoolSpec
+from gateway.config.pools import PoolSpec
 from gateway.records import Outcome, UsageRecord
 from gateway.store.postgres import PostgresStore
 from tests.e2e.conftest import start_gateway

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engines.spec import PoolSpec
+from gateway.config.pools import PoolSpec
 from gateway.store.postgres import PostgresStore
 from tests.e2e.conftest import GatewayProcess, start_gateway
 from tests.support.metrics import sample

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engines.spec import PoolSpec
+from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
 from gateway.store.postgres import PostgresStore
 from tests.e2e.conftest import GatewayProcess, start_gateway

@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from engines.spec import DeploymentSpec, PoolSpec
+from gateway.admission.tokens import TokenCounter, build_counters
+from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.records import Api
-from gateway.tokens import TokenCounter, build_counters
 from tests.e2e.conftest import DATA_DIR, MINILM, TINY, Engine
 
 pytestmark = pytest.mark.e2e

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.tokens import english_samples, ratios, typical_chat
-from gateway.tokens import HeuristicCounter
+from gateway.admission.tokens import HeuristicCounter
 
 
 def test_typical_chat_has_three_messages_of_the_asked_words() -> None:

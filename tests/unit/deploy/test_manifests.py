@@ -12,9 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from engines.spec import DeploymentSpec
-from gateway.limit_config import load_default_limits
-from gateway.pricing import load_prices
+from gateway.admission.limit_config import load_default_limits
+from gateway.config.pools import DeploymentSpec
+from gateway.metering.pricing import load_prices
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 KUBERNETES_VERSION = "1.33.0"  # the oldest release the manifests must apply to

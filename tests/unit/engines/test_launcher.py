@@ -11,7 +11,7 @@ import pytest
 
 from engines.launcher import EngineLauncher, EngineStartError, build_commands
 from engines.models import ModelSourceError, resolve_model_source
-from engines.spec import DeploymentSpec, PoolSpec, load_spec
+from gateway.config.pools import DeploymentSpec, PoolSpec, load_spec
 from tests.support.processes import REPO, free_port
 
 

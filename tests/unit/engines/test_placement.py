@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from engines.launcher import build_commands
 from engines.placement import BIND_VARIABLE, cpu_bindings
-from engines.spec import DeploymentSpec, PoolSpec, ReplicaSpec
+from gateway.config.pools import DeploymentSpec, PoolSpec, ReplicaSpec
 
 
 def spec(*pools: PoolSpec) -> DeploymentSpec:

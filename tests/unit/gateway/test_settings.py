@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from engines.spec import DeploymentSpec
 from gateway.app import create_app
+from gateway.config.pools import DeploymentSpec
 from gateway.settings import Settings, SettingsError, admin_token_problem
 
 GOOD = "Xq3v9Lr0Tz7Kp2Wm5Bn8Cj4Hd6Fg1Ys0Ae"

@@ -1,0 +1,165 @@
+"""Admission: the limiter step of the request path (auth → admission → router → upstream → meter).
+
+A request is checked against its tenant's limits (the stored ones, else the configured defaults)
+and its key's own. What it may cost is reserved up front: the prompt counted with the model's
+tokenizer plus the output cap, and, for a cost budget, that estimate priced. ``settle`` then
+trades the reservation for what the engine reported. Token counting costs tens of microseconds,
+so it only happens when a token or cost limit applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Mapping
+
+from gateway.admission.limits import Limiter, LimitExceeded, Limits, Reservation, Subject
+from gateway.admission.limits.policy import month_of
+from gateway.admission.tokens import TokenCounter, max_output
+from gateway.inference import EngineCall
+from gateway.metering.pricing import PICO, PriceBook
+from gateway.metrics import GatewayMetrics
+from gateway.records import Api, ApiKey, LimitValues, UsageRecord
+from gateway.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Admission:
+    """Reserves each request's share of its limits, and settles it when the request ends."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        counters: Mapping[str, TokenCounter],
+        prices: PriceBook,
+        defaults: LimitValues | None,
+        metrics: GatewayMetrics,
+        default_max_tokens: int,
+    ) -> None:
+        self._limiter = limiter
+        self._counters = counters
+        self._prices = prices
+        self._defaults = Limits.from_values(defaults)
+        self._metrics = metrics
+        self._default_max_tokens = default_max_tokens
+        self._settling: set[asyncio.Task[None]] = set()
+        # Stored limit dicts → Limits, keyed by identity: the key cache hands out the same dicts.
+        self._parsed: dict[int, tuple[LimitValues, Limits]] = {}
+
+    def limits_for(self, key: ApiKey) -> tuple[Limits, Limits | None]:
+        """(the tenant's limits, the key's own) — the tenant's default to the configured ones."""
+        tenant = self._tenant_limits(key.tenant_limits)
+        return tenant, self._parse(key.limits) if key.limits is not None else None
+
+    def _parse(self, values: LimitValues) -> Limits:
+        cached = self._parsed.get(id(values))
+        if cached is not None and cached[0] is values:
+            return cached[1]
+        if len(self._parsed) > 10_000:
+            self._parsed.clear()
+        limits = Limits.from_values(values)
+        self._parsed[id(values)] = (values, limits)
+        return limits
+
+    async def admit(self, key: ApiKey, call: EngineCall, started_at: float) -> Reservation | None:
+        """Reserve, or raise ``LimitExceeded`` (429). None: nothing limits this key."""
+        tenant_limits, key_limits = self.limits_for(key)
+        if tenant_limits.unlimited and (key_limits is None or key_limits.unlimited):
+            return None
+        tokens = cost = 0
+        if _counts_tokens(tenant_limits) or (key_limits is not None and _counts_tokens(key_limits)):
+            prompt, output = self._estimate(call)
+            tokens = prompt + output
+            price = self._prices.price_at(call.model, started_at)
+            cost = price.cost_pico(prompt, output) if price is not None else 0
+        try:
+            return await self._limiter.admit(
+                Subject(key.tenant_id, key.id), tenant_limits, key_limits, tokens=tokens, cost_pico=cost
+            )
+        except LimitExceeded as exc:
+            self._metrics.ratelimited.labels(key.tenant_name, exc.reason).inc()
+            raise
+
+    def _estimate(self, call: EngineCall) -> tuple[int, int]:
+        counter = self._counters.get(call.model)
+        prompt = counter.count_prompt(call.api, call.payload) if counter is not None else 0
+        if call.api == Api.embeddings:
+            return prompt, 0
+        return prompt, max_output(call.payload) or self._default_max_tokens
+
+    def settle(self, reservation: Reservation, record: UsageRecord) -> None:
+        """Trade the reservation for the actual usage; runs from any ``finally`` (never awaits)."""
+        used = record.prompt_tokens + record.completion_tokens
+        task = asyncio.get_running_loop().create_task(
+            self._limiter.settle(reservation, used, record.cost_pico)
+        )
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def drain(self) -> None:
+        """Wait for settlements in flight (shutdown)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self._limiter.aclose()
+
+    async def seed_months(self, store: Store, now: float) -> int:
+        """Start this month's budget counters from the ledger (a restart, or Redis that lost its
+        data, must not hand out a budget twice). Returns the subjects seeded."""
+        month = month_of(now)
+        start = month_start(month)
+        seeded = 0
+        for tenant in await store.list_tenants():
+            limits = self._tenant_limits(tenant.limits)
+            keys = [k for k in await store.list_keys(tenant.name) if k.limits and _monthly(k.limits)]
+            if not limits.monthly and not keys:
+                continue
+            per_key = await store.usage_report(tenant.id, start, now + 1, "key")
+            if limits.monthly:
+                tokens = sum(g.prompt_tokens + g.completion_tokens for g in per_key)
+                await self._limiter.seed_month(tenant.id, month, tokens, sum(g.cost_pico for g in per_key))
+                seeded += 1
+            used = {g.group: g for g in per_key}
+            for key in keys:
+                group = used.get(key.id)
+                if group is not None:
+                    total = group.prompt_tokens + group.completion_tokens
+                    await self._limiter.seed_month(tenant.id, month, total, group.cost_pico, key_id=key.id)
+                    seeded += 1
+        return seeded
+
+    async def publish_budgets(self, store: Store, interval_s: float) -> None:
+        """Keep ``gateway_budget_remaining`` current for every tenant with a monthly budget."""
+        while True:
+            try:
+                for tenant in await store.list_tenants():
+                    limits = self._tenant_limits(tenant.limits)
+                    if not limits.monthly:
+                        continue
+                    left = await self._limiter.remaining_budget(tenant.id, limits)
+                    if left.tokens is not None:
+                        self._metrics.budget_remaining.labels(tenant.name, "tokens").set(left.tokens)
+                    if left.cost_pico is not None:
+                        self._metrics.budget_remaining.labels(tenant.name, "cost").set(left.cost_pico / PICO)
+            except Exception:  # a store or Redis outage: try again next round
+                logger.warning("could not refresh the budget gauges", exc_info=True)
+            await asyncio.sleep(interval_s)
+
+    def _tenant_limits(self, values: LimitValues | None) -> Limits:
+        return self._parse(values) if values is not None else self._defaults
+
+
+def _monthly(values: LimitValues) -> bool:
+    return values.get("monthly_tokens") is not None or values.get("monthly_cost_pico") is not None
+
+
+def month_start(month: str) -> float:
+    year, number = (int(part) for part in month.split("-"))
+    return dt.datetime(year, number, 1, tzinfo=dt.UTC).timestamp()
+
+
+def _counts_tokens(limits: Limits) -> bool:
+    return any(v is not None for v in (limits.tpm, limits.monthly_tokens, limits.monthly_cost_pico))

@@ -1,0 +1,125 @@
+"""Which engines get traffic: active ``/health`` probes and passive ejection of failing ones.
+
+Active checks catch an engine that is down or not ready. Passive ejection catches one that
+answers ``/health`` but fails requests (5xx, timeouts, streams that break off): after
+``failures`` such requests in a row it is ejected for a cool-down; then one request is let
+through as a probe (half-open). Success brings it back; failure ejects it again for twice as
+long, up to ``max_cooldown_s``. Envoy's outlier detection and classic circuit breakers work this
+way; a single probe keeps a broken engine from taking a burst of requests each time it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.metrics import GatewayMetrics
+from gateway.routing.endpoint import Endpoint
+from gateway.routing.router import Router
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EjectionPolicy:
+    failures: int = 5  # failed requests in a row that eject an endpoint
+    cooldown_s: float = 10.0  # first cool-down; doubled after each failed probe
+    max_cooldown_s: float = 120.0
+
+
+class HealthChecker:
+    """Probes every endpoint's ``/health`` and keeps score of request outcomes (ejection)."""
+
+    def __init__(
+        self,
+        router: Router,
+        session: aiohttp.ClientSession,
+        metrics: GatewayMetrics,
+        interval_s: float,
+        timeout_s: float,
+        ejection: EjectionPolicy | None = None,
+    ) -> None:
+        self._router = router
+        self._session = session
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._ejection = ejection or EjectionPolicy()
+
+    async def check_all(self) -> None:
+        await self.check(self._router.endpoints())
+
+    async def check(self, endpoints: Iterable[Endpoint]) -> None:
+        await asyncio.gather(*(self._check(e) for e in endpoints))
+
+    def forget(self, endpoint: Endpoint) -> None:
+        """Drop a removed endpoint's ``gateway_engine_up`` series (pod addresses churn)."""
+        with contextlib.suppress(KeyError):
+            self._metrics.engine_up.remove(endpoint.model, endpoint.url)
+
+    async def run(self) -> None:
+        while True:
+            await self.check_all()
+            for pool in self._router.pools.values():
+                if pool.queue is not None and pool.queue.depth:
+                    pool.drain()  # an endpoint whose cool-down ended may take a waiter
+            await asyncio.sleep(self._interval_s)
+
+    async def _check(self, endpoint: Endpoint) -> None:
+        try:
+            async with self._session.get(f"{endpoint.url}/health", timeout=self._timeout) as resp:
+                healthy = resp.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            healthy = False
+        self.mark(endpoint, healthy)
+
+    def mark(self, endpoint: Endpoint, healthy: bool) -> None:
+        changed = healthy != endpoint.healthy
+        if changed:
+            logger.warning(
+                "engine %s for %s is %s", endpoint.url, endpoint.model, "up" if healthy else "DOWN"
+            )
+        endpoint.healthy = healthy
+        if changed and healthy:
+            # Back from down (a restarted engine, usually): its old failures say nothing now.
+            endpoint.failures = 0
+            endpoint.ejected_until = endpoint.cooldown_s = 0.0
+            self._router.pool(endpoint.model).drain()  # its free slots go to whoever waits
+        self._metrics.engine_up.labels(endpoint.model, endpoint.url).set(1 if healthy else 0)
+
+    def succeeded(self, endpoint: Endpoint) -> None:
+        """The engine answered a request (any status below 500): its failure streak ends."""
+        endpoint.failures = 0
+        if endpoint.ejected_until:
+            logger.warning(
+                "engine %s for %s passed its probe: back in rotation", endpoint.url, endpoint.model
+            )
+            endpoint.ejected_until = endpoint.cooldown_s = 0.0
+            endpoint.probing = False
+
+    def failed(self, endpoint: Endpoint) -> None:
+        """A request failed on the engine (5xx, timeout, broken stream); may eject it."""
+        endpoint.failures += 1
+        policy = self._ejection
+        if endpoint.ejected_until:
+            if not endpoint.probing:
+                return  # a request from before the ejection: already counted in
+            cooldown = min(max(endpoint.cooldown_s, policy.cooldown_s) * 2, policy.max_cooldown_s)
+        elif endpoint.failures >= policy.failures:
+            cooldown = policy.cooldown_s
+        else:
+            return
+        endpoint.cooldown_s = cooldown
+        endpoint.ejected_until = time.monotonic() + cooldown
+        endpoint.probing = False
+        self._metrics.engine_ejections.labels(endpoint.model).inc()
+        logger.warning(
+            "engine %s for %s ejected for %.0f s after %d failed requests in a row",
+            endpoint.url, endpoint.model, cooldown, endpoint.failures,
+        )  # fmt: skip

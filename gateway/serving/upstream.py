@@ -1,0 +1,121 @@
+"""The HTTP client to engines (aiohttp: measured cheaper per request than httpx)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from gateway.errors import UpstreamError, UpstreamTimeoutError
+from gateway.routing.endpoint import Endpoint
+
+logger = logging.getLogger(__name__)
+
+_JSON = "application/json"
+
+
+class EngineUnreachableError(UpstreamError):
+    """No connection could be made: safe to try another engine, nothing was sent."""
+
+
+class EngineConnectTimeoutError(EngineUnreachableError):
+    """The connection was not made within the connect timeout."""
+
+
+class UpstreamResponse:
+    """An engine's response whose body has not been read yet."""
+
+    def __init__(self, response: aiohttp.ClientResponse, endpoint: Endpoint) -> None:
+        self._response = response
+        self.endpoint = endpoint
+        self.status = response.status
+        self.content_type = response.headers.get("Content-Type", _JSON)
+        self._head = b""  # bytes read ahead by ``read_head``, relayed first by ``chunks``
+
+    async def read_head(self, timeout_s: float) -> None:
+        """Wait for the body's first bytes (a vLLM stream's first event comes with its first
+        token), keeping them for ``chunks``. Until they come nothing has reached the client, so
+        the caller can still answer 504, or try another engine if this one broke off."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                self._head = await self._response.content.readany()
+        except TimeoutError:
+            raise UpstreamTimeoutError(f"The engine sent no first token within {timeout_s:g}s.") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"The engine's response broke off: {type(exc).__name__}") from None
+        if not self._head:
+            raise UpstreamError("The engine ended its response before the first byte.")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._head:
+            head, self._head = self._head, b""
+            yield head
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except TimeoutError:
+            raise UpstreamTimeoutError("The engine did not finish in time.") from None
+        except aiohttp.ClientError as exc:
+            # The client sees a plain message; the transport's details are for the operator.
+            logger.warning("engine %s broke off a response: %r", self.endpoint.url, exc)
+            raise UpstreamError("The engine's response broke off.") from None
+
+    def unread(self) -> bytes:
+        """What arrived from the engine but was not relayed (the client left meanwhile)."""
+        head, self._head = self._head, b""
+        try:
+            return head + self._response.content.read_nowait()
+        except Exception:  # noqa: BLE001 - best effort: a waiting reader, a fired timeout, a broken body
+            return head
+
+    def close(self) -> None:
+        """Drop the connection: an engine sees the disconnect and aborts the generation."""
+        if not self._response.closed:
+            self._response.close()
+
+    def release(self) -> None:
+        """Hand a fully read connection back to the pool for reuse."""
+        self._response.release()
+
+
+class UpstreamClient:
+    """Sends a prepared body to one endpoint, mapping transport failures onto gateway errors."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        connect_timeout_s: float,
+        request_timeout_s: float,
+        first_token_timeout_s: float,
+    ) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
+        self.first_token_timeout_s = first_token_timeout_s
+
+    async def post(self, endpoint: Endpoint, path: str, body: bytes, request_id: str) -> UpstreamResponse:
+        headers = {"Content-Type": _JSON, "X-Request-Id": request_id}
+        try:
+            response = await self._session.post(
+                endpoint.url + path, data=body, headers=headers, timeout=self._timeout
+            )
+        except aiohttp.ConnectionTimeoutError:
+            raise EngineConnectTimeoutError("Could not connect to the engine in time.") from None
+        except TimeoutError:
+            raise UpstreamTimeoutError("The engine did not answer in time.") from None
+        except aiohttp.ClientConnectionError as exc:
+            # Refused, reset (a pooled connection to an engine that died), or closed before the
+            # response headers: nothing came back, so another engine may take the request.
+            raise EngineUnreachableError(f"Could not reach the engine: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"Engine request failed: {type(exc).__name__}") from None
+        return UpstreamResponse(response, endpoint)
+
+
+def create_session() -> aiohttp.ClientSession:
+    """One pooled session for the app's life; keep-alive connections to every engine."""
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+    )

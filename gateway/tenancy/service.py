@@ -1,0 +1,252 @@
+"""Tenants, keys and their limits: the one implementation behind the admin API and the ``gateway`` CLI.
+
+Both front ends call ``TenancyService`` so that creating, rotating or revoking a key does exactly
+the same thing wherever it is done. Store errors become ``GatewayError``s here (404, 409), which
+the API renders through its one handler and the CLI prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from gateway.admission.limit_config import LimitValueError, check_limit_values, limit_values
+from gateway.errors import InvalidRequestError, ResourceConflictError, ResourceNotFoundError
+from gateway.records import ApiKey, LimitValues, Tenant, TenantStatus
+from gateway.store import ConflictError, NotFoundError, Store
+from gateway.store.base import UNSET, _Unset
+from gateway.tenancy.auth import generate_key
+
+# Tenant names show up in metrics labels, CLI arguments and URLs: keep them plain.
+_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A key just created: ``secret`` is returned to the caller once and never stored."""
+
+    secret: str
+    key: ApiKey
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """The replacement (with its secret) and the old key, now expiring at the end of its grace."""
+
+    new: IssuedKey
+    old: ApiKey
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn the store's not-found and conflict errors into the API's 404 and 409."""
+    try:
+        yield
+    except NotFoundError as exc:
+        raise ResourceNotFoundError(str(exc)) from exc
+    except ConflictError as exc:
+        raise ResourceConflictError(str(exc)) from exc
+
+
+def parse_timestamp(value: str, param: str = "expires_at") -> float:
+    """``2027-01-31`` (00:00 UTC) or an ISO-8601 date-time (UTC when it names no zone) → epoch s."""
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequestError(
+            f"{value!r} is not an ISO-8601 date (YYYY-MM-DD) or date-time.", param=param
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def format_timestamp(ts: float) -> str:
+    """Epoch seconds → ``2027-01-31T00:00:00Z``."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def check_models(models: Iterable[str] | None) -> frozenset[str] | None:
+    """An allow-list (None: every model); an empty one would make a key that can do nothing."""
+    if models is None:
+        return None
+    names = frozenset(m.strip() for m in models)
+    if not names or "" in names:
+        raise InvalidRequestError(
+            "models must name at least one model (or be null for every model).", param="models"
+        )
+    return names
+
+
+@contextlib.contextmanager
+def limit_errors() -> Iterator[None]:
+    """Turn a malformed limit into a 400 whose ``param`` names the field as written."""
+    try:
+        yield
+    except LimitValueError as exc:
+        raise InvalidRequestError(f"Invalid limit {exc.field}: {exc.message}", param=exc.field) from None
+
+
+def parse_limits(fields: Mapping[str, object]) -> LimitValues:
+    """Limits as written (``monthly_cost`` a decimal amount, ``None`` unlimited) → stored form."""
+    with limit_errors():
+        return limit_values(fields)
+
+
+def check_limits(values: LimitValues | None) -> LimitValues | None:
+    """Stored-form limits checked by the limiter's rules (``Limits.from_values``)."""
+    if values is None:
+        return None
+    with limit_errors():
+        return check_limit_values(values)
+
+
+def _keep_cache(key_hash: str) -> None:
+    """For a process with no key cache (the CLI): the gateway's cache expires on its own."""
+
+
+class TenancyService:
+    """Tenant lifecycle and key management over a ``Store``.
+
+    ``forget`` drops a key from this process's authentication cache, so that a revocation,
+    rotation or suspension takes effect here at once (other processes within the cache's TTL).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        forget: Callable[[str], None] = _keep_cache,
+        rotation_grace_s: float = 24 * 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._forget = forget
+        self._grace_s = rotation_grace_s
+        self._clock = clock
+
+    # Tenants
+    async def create_tenant(self, name: str) -> Tenant:
+        if not _TENANT_NAME.fullmatch(name):
+            raise InvalidRequestError(
+                "A tenant name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
+                param="name",
+            )
+        with store_errors():
+            return await self._store.create_tenant(name)
+
+    async def get_tenant(self, name: str) -> Tenant:
+        with store_errors():
+            return await self._store.get_tenant(name)
+
+    async def list_tenants(self, include_deleted: bool = False) -> list[Tenant]:
+        return await self._store.list_tenants(include_deleted)
+
+    async def set_tenant_status(self, name: str, status: TenantStatus) -> Tenant:
+        """Suspend, reactivate or delete (deleting revokes every key of the tenant)."""
+        with store_errors():
+            tenant = await self._store.set_tenant_status(name, status)
+            keys = await self._store.list_keys(name)
+        for key in keys:
+            self._forget(key.key_hash)
+        return tenant
+
+    async def set_tenant_limits(self, name: str, values: LimitValues | None) -> Tenant:
+        """Replace the tenant's limits; ``{}``: unlimited, None: back to the configured defaults.
+
+        The limits hold for the tenant's total over all its keys, so every key is dropped from the
+        cache (the limits travel with the cached key).
+        """
+        checked = check_limits(values)
+        tenant = await self.get_tenant(name)
+        if tenant.status == TenantStatus.deleted:
+            raise ResourceConflictError(f"tenant {name!r} is deleted")
+        with store_errors():
+            tenant = await self._store.set_tenant_limits(name, checked)
+            keys = await self._store.list_keys(name)
+        for key in keys:
+            self._forget(key.key_hash)
+        return tenant
+
+    # Keys
+    async def create_key(
+        self, tenant: str, models: Iterable[str] | None = None, expires_at: float | None = None
+    ) -> IssuedKey:
+        if expires_at is not None and expires_at <= self._clock():
+            raise InvalidRequestError("expires_at is in the past.", param="expires_at")
+        return await self._issue(tenant, check_models(models), expires_at)
+
+    async def _issue(self, tenant: str, models: frozenset[str] | None, expires_at: float | None) -> IssuedKey:
+        new = generate_key()
+        with store_errors():
+            key = await self._store.create_key(tenant, new.key_hash, new.prefix, models, expires_at)
+        return IssuedKey(new.secret, key)
+
+    async def get_key(self, key_id: str) -> ApiKey:
+        with store_errors():
+            return await self._store.get_key(key_id)
+
+    async def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        if tenant is not None:
+            await self.get_tenant(tenant)  # an unknown tenant is a 404, not an empty list
+        return await self._store.list_keys(tenant)
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        with store_errors():
+            key = await self._store.revoke_key(key_id)
+        self._forget(key.key_hash)
+        return key
+
+    async def update_key(
+        self,
+        key_id: str,
+        models: Iterable[str] | None | _Unset = UNSET,
+        expires_at: float | None | _Unset = UNSET,
+    ) -> ApiKey:
+        """Replace the allow-list and/or the expiry (None: every model / never); UNSET: keep."""
+        allowed = models if isinstance(models, _Unset) else check_models(models)
+        with store_errors():
+            key = await self._store.update_key(key_id, models=allowed, expires_at=expires_at)
+        self._forget(key.key_hash)
+        return key
+
+    async def set_key_limits(self, key_id: str, values: LimitValues | None) -> ApiKey:
+        """Replace the key's own limits, which apply on top of its tenant's; None or ``{}``: none."""
+        checked = check_limits(values) or None
+        key = await self.get_key(key_id)
+        if key.revoked_at is not None:
+            raise ResourceConflictError(f"key {key_id!r} is revoked")
+        with store_errors():
+            key = await self._store.update_key(key_id, limits=checked)
+        self._forget(key.key_hash)
+        return key
+
+    async def rotate_key(self, key_id: str, grace_s: float | None = None) -> Rotation:
+        """A new key with the same tenant, models, expiry and own limits; the old one expires after
+        the grace.
+
+        The old key never lives longer than it would have: its expiry becomes the earlier of its
+        own and now + grace.
+        """
+        grace = self._grace_s if grace_s is None else grace_s
+        if grace < 0:
+            raise InvalidRequestError("grace_s must be zero or more.", param="grace_s")
+        old = await self.get_key(key_id)
+        now = self._clock()
+        if old.revoked_at is not None:
+            raise ResourceConflictError(f"key {key_id!r} is revoked; create a new key instead")
+        if old.expires_at is not None and old.expires_at <= now:
+            raise ResourceConflictError(f"key {key_id!r} has expired; create a new key instead")
+        new = await self._issue(old.tenant_name, old.models, old.expires_at)
+        if old.limits is not None:  # a rotation must not shed the key's limits
+            with store_errors():
+                new = IssuedKey(new.secret, await self._store.update_key(new.key.id, limits=old.limits))
+        retire_at = now + grace if old.expires_at is None else min(old.expires_at, now + grace)
+        with store_errors():
+            old = await self._store.update_key(key_id, expires_at=retire_at)
+        self._forget(old.key_hash)
+        return Rotation(new, old)

@@ -1,0 +1,76 @@
+"""Each routing policy's choice."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from gateway.config.pools import PoolSpec
+from gateway.routing.endpoint import Endpoint
+from gateway.routing.policies import LeastInflight, PrefixAffinity, RoundRobin, affinity_key
+from gateway.routing.pool import EnginePool
+
+SYSTEM = "You are a careful assistant. " * 30  # a long, shared system prompt
+
+
+def engines(*inflight: int) -> list[Endpoint]:
+    return [Endpoint("m", f"http://e{i}", inflight=n) for i, n in enumerate(inflight)]
+
+
+def test_round_robin_takes_turns_whatever_the_load() -> None:
+    pool = engines(9, 0, 0)
+    policy = RoundRobin()
+    assert Counter(policy.choose(pool).url for _ in range(30)) == {e.url: 10 for e in pool}
+
+
+def test_least_load_picks_the_idlest() -> None:
+    pool = engines(3, 1, 2)
+    assert {LeastInflight().choose(pool).url for _ in range(5)} == {"http://e1"}
+
+
+def test_prefix_aware_sticks_to_one_engine_per_key_and_spreads_keys() -> None:
+    pool = engines(0, 0, 0, 0)
+    policy = PrefixAffinity()
+    chosen = {policy.choose(pool, f"prefix:conversation {n}").url for n in range(200)}
+    assert chosen == {e.url for e in pool}  # different keys spread over every engine
+    first = policy.choose(pool, "prefix:same")
+    assert all(policy.choose(pool, "prefix:same") is first for _ in range(20))
+
+
+def test_prefix_aware_passes_over_an_overloaded_engine() -> None:
+    pool = engines(0, 0, 0)
+    policy = PrefixAffinity(load_factor=1.25)
+    home = policy.choose(pool, "prefix:hot")
+    home.inflight = 10  # far above 1.25 x the mean
+    other = policy.choose(pool, "prefix:hot")
+    assert other is not home
+    home.inflight = 0
+    assert policy.choose(pool, "prefix:hot") is home  # back home once it has room
+
+
+def test_affinity_keys_follow_sessions_conversations_and_shared_system_prompts() -> None:
+    turn1 = {
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi, I'm Ann"}]
+    }
+    turn2 = {"messages": [*turn1["messages"], {"role": "assistant", "content": "Hello"},
+                          {"role": "user", "content": "What's my name?"}]}  # fmt: skip
+    other = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Bonjour"}]}
+    assert affinity_key(turn1, None) == affinity_key(turn2, None) != affinity_key(other, None)
+    shared_a = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "a"}]}
+    shared_b = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "b"}]}
+    assert affinity_key(shared_a, None) == affinity_key(shared_b, None)  # one long system prompt
+    assert affinity_key({**turn1, "user": "u-42"}, None) == "user:u-42"
+    assert affinity_key(turn1, "s-1") == "session:s-1"
+    assert affinity_key({"prompt": "Once upon a time"}, None) == "prefix:Once upon a time"
+    assert affinity_key({"input": "embed me"}, None) is None
+
+
+def test_the_pool_uses_the_policy_its_spec_names() -> None:
+    for name, kind in (
+        ("round_robin", RoundRobin),
+        ("prefix_aware", PrefixAffinity),
+        ("least_load", LeastInflight),
+    ):
+        pool = EnginePool.from_spec(
+            PoolSpec(served_name="m", endpoints=["http://a", "http://b"], routing=name)
+        )  # type: ignore[arg-type]
+        assert isinstance(pool.policy, kind)
