@@ -56,11 +56,13 @@ def gateway(tmp: Path, engine_port: int, fair_queue: bool) -> Iterator[tuple[int
         f'pools:\n  - served_name: {MODEL}\n    endpoints: ["http://127.0.0.1:{engine_port}"]\n{limit}'
     )
     env = {
-        "GATEWAY_CONFIG_PATH": str(pools), "GATEWAY_DATABASE_URL": f"sqlite:///{tmp / f'g-{port}.db'}",
-        "GATEWAY_PORT": str(port), "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_CONFIG_PATH": str(pools),
+        "GATEWAY_DATABASE_URL": f"sqlite:///{tmp / f'g-{port}.db'}",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_LOG_LEVEL": "warning",
         "GATEWAY_LIMITS_PATH": str(tmp / "no-limits.yaml"),  # absent: tenants are unlimited
         "GATEWAY_DATA_DIR": str(tmp / f"data-{port}"),
-    }  # fmt: skip
+    }
     keys = {tenant: tenant_key(env, tenant) for tenant in ("a", "b")}
     proc = Process([sys.executable, "-m", "gateway.cli", "serve"], tmp / f"gateway-{port}.log", env)
     try:
@@ -95,9 +97,11 @@ async def steady_tenant(port: int, key: str, rate: float, seconds: float) -> dic
         results = await asyncio.gather(*tasks, return_exceptions=True)
     ttfts = sorted(r for r in results if isinstance(r, float))
     return {
-        "requests": len(results), "errors": len(results) - len(ttfts),
-        "ttft_p50_ms": 1000 * percentile(ttfts, 50), "ttft_p99_ms": 1000 * percentile(ttfts, 99),
-    }  # fmt: skip
+        "requests": len(results),
+        "errors": len(results) - len(ttfts),
+        "ttft_p50_ms": 1000 * percentile(ttfts, 50),
+        "ttft_p99_ms": 1000 * percentile(ttfts, 99),
+    }
 
 
 async def one_run(port: int, keys: dict[str, str], args: argparse.Namespace, burst: bool) -> dict[str, Any]:
@@ -105,9 +109,14 @@ async def one_run(port: int, keys: dict[str, str], args: argparse.Namespace, bur
     try:
         if loadgen is not None:
             phase = {
-                "host": "127.0.0.1", "port": port, "request": build_request(keys["a"], False, 32),
-                "mode": "closed", "concurrency": args.burst, "duration_s": args.seconds + 2, "warmup_s": 0,
-            }  # fmt: skip
+                "host": "127.0.0.1",
+                "port": port,
+                "request": build_request(keys["a"], False, 32),
+                "mode": "closed",
+                "concurrency": args.burst,
+                "duration_s": args.seconds + 2,
+                "warmup_s": 0,
+            }
             burster = asyncio.create_task(asyncio.to_thread(loadgen.run, phase))
             await asyncio.sleep(1.0)  # A's burst is in full swing before B starts
         b = await steady_tenant(port, keys["b"], args.rate, args.seconds)
@@ -126,9 +135,20 @@ def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         tmp = Path(name)
         engine_port = free_port()
         engine = Process(
-            [sys.executable, "-m", "engines.sim", "--port", str(engine_port), "--model", MODEL,
-             *ENGINE_FLAGS, "--log-level", "warning"], tmp / "engine.log",
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "engines.sim",
+                "--port",
+                str(engine_port),
+                "--model",
+                MODEL,
+                *ENGINE_FLAGS,
+                "--log-level",
+                "warning",
+            ],
+            tmp / "engine.log",
+        )
         try:
             engine.wait_http(f"http://127.0.0.1:{engine_port}/health", 30)
             for fair in (True, False):

@@ -90,15 +90,24 @@ class RowMaker:
             ok = rnd.random() < 0.98
             rows.append(
                 UsageRecord(
-                    request_id=f"chatcmpl-{uuid.uuid4().hex}", tenant_id=f"ten_{tenant:016x}",
-                    key_id=f"key_{tenant:012x}{rnd.randrange(3):04x}", model=rnd.choice(MODELS),
-                    api="chat.completions", started_at=now - 2.5, endpoint="http://10.0.0.7:8100",
-                    outcome=Outcome.ok if ok else Outcome.aborted, http_status=200 if ok else 499,
-                    prompt_tokens=prompt, completion_tokens=completion, ended_at=now, ttft_s=0.18,
-                    error_code=None, cost_pico=prompt * 50_000 + completion * 150_000,
+                    request_id=f"chatcmpl-{uuid.uuid4().hex}",
+                    tenant_id=f"ten_{tenant:016x}",
+                    key_id=f"key_{tenant:012x}{rnd.randrange(3):04x}",
+                    model=rnd.choice(MODELS),
+                    api="chat.completions",
+                    started_at=now - 2.5,
+                    endpoint="http://10.0.0.7:8100",
+                    outcome=Outcome.ok if ok else Outcome.aborted,
+                    http_status=200 if ok else 499,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    ended_at=now,
+                    ttft_s=0.18,
+                    error_code=None,
+                    cost_pico=prompt * 50_000 + completion * 150_000,
                     price_version="2026-10-01",
                 )
-            )  # fmt: skip
+            )
         return rows
 
 
@@ -106,9 +115,15 @@ def _result(backend: str, scenario: str, latencies: list[float], rows: int, seco
     ms = sorted(x * 1000 for x in latencies)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))] if ms else 0.0
     return Result(
-        backend, scenario, rows, len(ms), round(seconds, 3), round(rows / seconds if seconds else 0.0),
-        round(statistics.median(ms), 3) if ms else 0.0, round(p99, 3),
-    )  # fmt: skip
+        backend,
+        scenario,
+        rows,
+        len(ms),
+        round(seconds, 3),
+        round(rows / seconds if seconds else 0.0),
+        round(statistics.median(ms), 3) if ms else 0.0,
+        round(p99, 3),
+    )
 
 
 Insert = Callable[[list[UsageRecord]], Awaitable[int]]
@@ -271,9 +286,14 @@ async def measure_report(rows: int, tenants: int) -> dict[str, Any]:
             await store.close()
     uses_index = not any(SEQ_SCAN in line for line in plan) and any("Index" in line for line in plan)
     return {
-        "rows": rows, "tenants": tenants, "load_s": round(load_s, 1), "rows_per_tenant": rows // tenants,
-        "uses_index": uses_index, "report_ms": report_ms, "plan": plan,
-    }  # fmt: skip
+        "rows": rows,
+        "tenants": tenants,
+        "load_s": round(load_s, 1),
+        "rows_per_tenant": rows // tenants,
+        "uses_index": uses_index,
+        "report_ms": report_ms,
+        "plan": plan,
+    }
 
 
 def markdown(results: list[Result]) -> str:

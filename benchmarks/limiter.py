@@ -90,12 +90,17 @@ async def measure(limiter: Limiter, backend: str, callers: int, requests: int, t
     await asyncio.gather(*(caller(i) for i in range(callers)))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return Result(
-        backend=backend, callers=callers, requests=requests, seconds=round(seconds, 3),
-        requests_per_s=round(requests / seconds), us_per_request=round(seconds / requests * 1e6, 1),
+        backend=backend,
+        callers=callers,
+        requests=requests,
+        seconds=round(seconds, 3),
+        requests_per_s=round(requests / seconds),
+        us_per_request=round(seconds / requests * 1e6, 1),
         cpu_us_per_request=round(cpu_seconds / requests * 1e6, 1),
         latency_p50_us=round(statistics.median(latencies), 1),
-        latency_p99_us=round(_percentile(latencies, 0.99), 1), latency_max_us=round(max(latencies), 1),
-    )  # fmt: skip
+        latency_p99_us=round(_percentile(latencies, 0.99), 1),
+        latency_max_us=round(max(latencies), 1),
+    )
 
 
 def _evalsha_stats(url: str) -> tuple[int, int]:
@@ -146,9 +151,12 @@ def machine(url: str) -> dict[str, Any]:
     with redis.Redis.from_url(url) as client:
         server: dict[str, Any] = client.info("server")
     return {
-        "platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-        "redis": server.get("redis_version"), "load_average": [round(x, 2) for x in os.getloadavg()],
-    }  # fmt: skip
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "redis": server.get("redis_version"),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -172,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     results = asyncio.run(run(args))
     report = {
         "command": " ".join(["python -m benchmarks.limiter", *(argv if argv is not None else sys.argv[1:])]),
-        "started_at": started.isoformat(timespec="seconds"), "machine": machine(args.redis_url),
+        "started_at": started.isoformat(timespec="seconds"),
+        "machine": machine(args.redis_url),
         "limits": {"tenant": asdict(TENANT_LIMITS), "key": asdict(KEY_LIMITS)},
         "results": [asdict(result) for result in results],
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(table(results))

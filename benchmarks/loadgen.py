@@ -147,13 +147,19 @@ class Recorder:
         seconds = self.window_end - self.window_start
         done = len(self.latencies)
         return {
-            "requests": done, "errors": self.errors, "seconds": round(seconds, 3),
-            "rps": done / seconds, "events": self.events, "events_per_s": self.events / seconds,
-            "latency_ms": summarize(self.latencies), "send_lag_ms": summarize(self.lags),
+            "requests": done,
+            "errors": self.errors,
+            "seconds": round(seconds, 3),
+            "rps": done / seconds,
+            "events": self.events,
+            "events_per_s": self.events / seconds,
+            "latency_ms": summarize(self.latencies),
+            "send_lag_ms": summarize(self.lags),
             "client_cpu_ms_per_request": 1000 * cpu_s / max(done + self.errors, 1),
-            "extra_connections": extra_connections, "served": self.served,
+            "extra_connections": extra_connections,
+            "served": self.served,
             "served_events": self.served_events,
-        }  # fmt: skip
+        }
 
 
 def percentile(ordered: list[float], q: float) -> float:

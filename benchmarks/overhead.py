@@ -72,9 +72,10 @@ def scenarios() -> list[Scenario]:
 def build_request(api_key: str, stream: bool, max_tokens: int) -> str:
     """The exact bytes of one chat request (latin-1 text), as the OpenAI SDK would send them."""
     payload: dict[str, Any] = {
-        "model": MODEL, "messages": [{"role": "user", "content": "Write a short note."}],
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a short note."}],
         "max_tokens": max_tokens,
-    }  # fmt: skip
+    }
     if stream:
         payload |= {"stream": True, "stream_options": {"include_usage": True}}
     body = orjson.dumps(payload).decode()
@@ -90,9 +91,12 @@ class LoadGenerator:
 
     def __init__(self) -> None:
         self._popen = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.loadgen"], cwd=REPO, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
+            [sys.executable, "-m", "benchmarks.loadgen"],
+            cwd=REPO,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
 
     def run(self, phase: dict[str, Any]) -> dict[str, Any]:
         assert self._popen.stdin is not None and self._popen.stdout is not None
@@ -122,10 +126,13 @@ def measure(
     """One phase against one target, with the gateway's and the engine's CPU per request."""
     request = build_request(stack.api_key, scenario.stream, scenario.max_tokens)
     phase = {
-        "host": "127.0.0.1", "port": stack.gateway_port if via_gateway else stack.engine_port,
-        "request": request, "mode": scenario.mode, "warmup_s": timing.warmup_s,
+        "host": "127.0.0.1",
+        "port": stack.gateway_port if via_gateway else stack.engine_port,
+        "request": request,
+        "mode": scenario.mode,
+        "warmup_s": timing.warmup_s,
         "duration_s": timing.duration_s if scenario.mode == "closed" else timing.open_duration_s,
-    }  # fmt: skip
+    }
     phase["concurrency" if scenario.mode == "closed" else "rate"] = scenario.level
     pids = {"gateway": stack.gateway_pid, "engine": stack.engine_pid}
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -231,15 +238,22 @@ def table(rows: list[dict[str, Any]]) -> str:
 def machine() -> dict[str, Any]:
     """What else was running matters on 2 cores: the load and any vLLM engine are recorded."""
     model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
-    )  # fmt: skip
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     commands = (" ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"]))
     vllm = sum("vllm.entrypoints" in command for command in commands)
     return {
-        "cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-        "load_average": [round(x, 2) for x in os.getloadavg()], "vllm_processes": vllm,
-    }  # fmt: skip
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "vllm_processes": vllm,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -265,9 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     checks = verdicts(rows)
     report = {
         "command": " ".join(["python -m benchmarks.overhead", *(argv if argv is not None else sys.argv[1:])]),
-        "started_at": started.isoformat(timespec="seconds"), "timing": asdict(timing),
-        "machine_before": before, "machine_after": machine(), "scenarios": rows, "targets": checks,
-    }  # fmt: skip
+        "started_at": started.isoformat(timespec="seconds"),
+        "timing": asdict(timing),
+        "machine_before": before,
+        "machine_after": machine(),
+        "scenarios": rows,
+        "targets": checks,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     print(table(rows))

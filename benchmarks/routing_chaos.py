@@ -72,9 +72,11 @@ async def run_chaos(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await supervisor
     return {
-        "timeline": timeline, "phases": chaos_phases(results, timeline),
-        "logs": str(log_dir.relative_to(REPO)), "results": [r.summary() for r in results],
-    }  # fmt: skip
+        "timeline": timeline,
+        "phases": chaos_phases(results, timeline),
+        "logs": str(log_dir.relative_to(REPO)),
+        "results": [r.summary() for r in results],
+    }
 
 
 async def chaos_load(
@@ -141,10 +143,13 @@ async def kill_and_wait(
     back_s = await wait_restarted(victim, old_pid, args.recover_timeout)
     print(f"{victim.command.name} healthy again {back_s:.1f} s after the kill", flush=True)
     return {
-        "victim": victim.command.name, "killed_at_s": killed_at - started, "back_after_s": back_s,
+        "victim": victim.command.name,
+        "killed_at_s": killed_at - started,
+        "back_after_s": back_s,
         "victim_inflight_at_kill": int(busy[RUNNING] + busy[WAITING]),
-        "killed_at": killed_at, "back_at": killed_at + back_s,
-    }  # fmt: skip
+        "killed_at": killed_at,
+        "back_at": killed_at + back_s,
+    }
 
 
 async def wait_busy(session: aiohttp.ClientSession, url: str, timeout_s: float = 10.0) -> dict[str, float]:
@@ -222,8 +227,12 @@ def chaos_table(report: dict[str, Any]) -> tuple[str, str]:
             f"| {p['phase']} | {p['requests']} | {p['ok']} | {p['failed_before_stream']} "
             f"| {p['cut_mid_stream']} |"
         )
-    lines += ["", "| kill | engine | at s | requests in flight on it | healthy again after s | "
-              "requests it served after |", "|--:|---|--:|--:|--:|--:|"]  # fmt: skip
+    lines += [
+        "",
+        "| kill | engine | at s | requests in flight on it | healthy again after s | "
+        "requests it served after |",
+        "|--:|---|--:|--:|--:|--:|",
+    ]
     for number, k in enumerate(report["timeline"]["kills"], 1):
         lines.append(
             f"| {number} | {k['victim']} | {k['killed_at_s']:.1f} | {k['victim_inflight_at_kill']} "

@@ -103,11 +103,14 @@ def pool_spec(
     vllm = engine == "vllm"
     blocks = ["--num-gpu-blocks-override", str(kv_blocks)] if kv_blocks else []
     return PoolSpec(
-        served_name=MODEL, model=MODEL_SOURCES[model], engine=engine, replicas=replicas,
+        served_name=MODEL,
+        model=MODEL_SOURCES[model],
+        engine=engine,
+        replicas=replicas,
         base_port=free_ports(replicas),
         vllm_args=VLLM_ARGS + blocks if vllm else sim_args,
         env=(VLLM_ENV | ({} if omp_bind == "split" else {BIND_VARIABLE: omp_bind})) if vllm else {},
-    )  # fmt: skip
+    )
 
 
 @contextlib.asynccontextmanager
@@ -128,9 +131,11 @@ def gateway_env(tmp: Path) -> dict[str, str]:
     """What every gateway of a run shares: one SQLite ledger (tenants made once), no limits."""
     (tmp / "no-limits.yaml").write_text("defaults:\n")
     return {
-        "GATEWAY_DATABASE_URL": f"sqlite:///{tmp / 'gateway.db'}", "GATEWAY_LOG_LEVEL": "warning",
-        "GATEWAY_LIMITS_PATH": str(tmp / "no-limits.yaml"), "GATEWAY_DATA_DIR": str(tmp / "data"),
-    }  # fmt: skip
+        "GATEWAY_DATABASE_URL": f"sqlite:///{tmp / 'gateway.db'}",
+        "GATEWAY_LOG_LEVEL": "warning",
+        "GATEWAY_LIMITS_PATH": str(tmp / "no-limits.yaml"),
+        "GATEWAY_DATA_DIR": str(tmp / "data"),
+    }
 
 
 def create_keys(env: dict[str, str], tenants: int) -> list[str]:
@@ -197,10 +202,13 @@ class Result:
 def chat_body(messages: list[dict[str, str]], user: str | None, max_tokens: int) -> dict[str, Any]:
     """A streamed chat request; ``user`` (the OpenAI field) is left out when None."""
     body = {
-        "model": MODEL, "messages": messages, "max_tokens": max_tokens, "stream": True,
+        "model": MODEL,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stream": True,
         "stream_options": {"include_usage": True},
         "ignore_eos": True,  # vLLM: a random-weight model would otherwise stop at random lengths
-    }  # fmt: skip
+    }
     return body if user is None else body | {"user": user}
 
 

@@ -57,9 +57,14 @@ def tenant_key(env: dict[str, str], tenant: str) -> str:
 
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *args], env={**os.environ, **env}, cwd=REPO,
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "gateway.cli", *args],
+            env={**os.environ, **env},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return done.stdout
 
     cli("tenants", "create", tenant)
@@ -72,11 +77,25 @@ def running_stack(tmp: Path, output_tokens: int) -> Iterator[Stack]:
     with contextlib.ExitStack() as stack:
         engine_port, gateway_port = free_port(), free_port()
         engine = Process(
-            [sys.executable, "-m", "engines.sim", "--port", str(engine_port), "--model", MODEL,
-             "--output-tokens", str(output_tokens), "--ttft-ms", "0", "--itl-ms", "0",
-             "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "engines.sim",
+                "--port",
+                str(engine_port),
+                "--model",
+                MODEL,
+                "--output-tokens",
+                str(output_tokens),
+                "--ttft-ms",
+                "0",
+                "--itl-ms",
+                "0",
+                "--log-level",
+                "warning",
+            ],
             tmp / "engine.log",
-        )  # fmt: skip
+        )
         stack.callback(engine.stop)
         engine.wait_http(f"http://127.0.0.1:{engine_port}/health", 30)
 

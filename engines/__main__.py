@@ -37,10 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for /health")
     parser.add_argument(
-        "--gateway", action="append", default=[], metavar="URL",
+        "--gateway",
+        action="append",
+        default=[],
+        metavar="URL",
         help="a gateway to drain engines on before a planned restart (repeatable; admin token "
         "from GATEWAY_ADMIN_TOKEN)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

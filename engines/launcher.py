@@ -94,9 +94,18 @@ class EngineCommand:
 
 def vllm_argv(pool: PoolSpec, model: str, port: int, python: str = sys.executable) -> list[str]:
     argv = [
-        python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-        "--served-model-name", pool.served_name, "--host", pool.host, "--port", str(port),
-    ]  # fmt: skip
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        pool.served_name,
+        "--host",
+        pool.host,
+        "--port",
+        str(port),
+    ]
     if pool.kind == "embed" and "--runner" not in pool.vllm_args:
         argv += ["--runner", "pooling"]
     return argv + pool.vllm_args
@@ -194,9 +203,13 @@ class EngineLauncher:
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {engine.command.name}\n".encode())
             log.flush()
             engine.process = await asyncio.create_subprocess_exec(
-                *engine.command.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                env={**os.environ, **engine.command.env}, start_new_session=True,
-            )  # fmt: skip
+                *engine.command.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, **engine.command.env},
+                start_new_session=True,
+            )
         engine.started_at = time.monotonic()
         engine.ready = False
         logger.info("started %s pid=%s log=%s", engine.command.name, engine.process.pid, engine.log_path)
@@ -255,8 +268,11 @@ class EngineLauncher:
         backoff = min(2.0 ** (engine.failures_in_a_row - 1), RESTART_BACKOFF_MAX_S)
         logger.warning(
             "%s exited with status %s after %.0f s; restarting in %.0f s",
-            engine.command.name, engine.process.returncode, uptime, backoff,
-        )  # fmt: skip
+            engine.command.name,
+            engine.process.returncode,
+            uptime,
+            backoff,
+        )
         await asyncio.sleep(backoff)
         engine.restarts += 1
         await self._spawn(engine)

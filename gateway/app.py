@@ -82,7 +82,7 @@ def create_app(settings: Settings, spec: DeploymentSpec | None = None, store: St
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await state.admission.drain()
+            await state.admission.wait_settled()
             await state.admission.close()
             await state.ledger.close()
             await state.session.close()
@@ -129,11 +129,22 @@ async def _build_state(settings: Settings, spec: DeploymentSpec, store: Store | 
     proxy = ProxyService(router, upstream, health, admission, meter, metrics, settings.max_body_bytes)
     board = create_drain_board(settings.redis_url, settings.redis_prefix)
     return GatewayState(
-        settings=settings, spec=spec, store=store, metrics=metrics, session=session, router=router,
-        health=health, authenticator=Authenticator(store, settings.auth_cache_ttl_s), ledger=ledger,
-        proxy=proxy, journal=journal, prices=prices, meter=meter, admission=admission,
+        settings=settings,
+        spec=spec,
+        store=store,
+        metrics=metrics,
+        session=session,
+        router=router,
+        health=health,
+        authenticator=Authenticator(store, settings.auth_cache_ttl_s),
+        ledger=ledger,
+        proxy=proxy,
+        journal=journal,
+        prices=prices,
+        meter=meter,
+        admission=admission,
         drains=Drains(board, router, settings.drain_sync_interval_s),
-    )  # fmt: skip
+    )
 
 
 async def _seed_budgets(state: GatewayState) -> None:
@@ -152,10 +163,12 @@ def _admission(
     settings: Settings, spec: DeploymentSpec, prices: PriceBook, metrics: GatewayMetrics
 ) -> Admission:
     limiter = create_limiter(
-        settings.redis_url, settings.limiter_fail_open, lease_ttl_s=settings.limiter_lease_ttl_s,
+        settings.redis_url,
+        settings.limiter_fail_open,
+        lease_ttl_s=settings.limiter_lease_ttl_s,
         prefix=settings.redis_prefix + "limits:",
         on_error=lambda operation: metrics.limiter_failures.labels(operation).inc(),
-    )  # fmt: skip
+    )
     counters = build_counters(spec, settings.data_dir)
     defaults = load_default_limits(settings.limits_path)
     return Admission(limiter, counters, prices, defaults, metrics, settings.default_max_tokens)
@@ -184,9 +197,11 @@ def _recover(journal: Journal, meter: Meter, leftovers: list[dict[str, object]])
 
 def error_response(error: GatewayError) -> Response:
     return Response(
-        error.to_json(), status_code=error.status_code, media_type="application/json",
+        error.to_json(),
+        status_code=error.status_code,
+        media_type="application/json",
         headers=error.headers,
-    )  # fmt: skip
+    )
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

@@ -19,68 +19,98 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "gateway_requests", "Requests answered, by tenant, model and HTTP status.",
-            ["tenant", "model", "status"], registry=self.registry,
-        )  # fmt: skip
+            "gateway_requests",
+            "Requests answered, by tenant, model and HTTP status.",
+            ["tenant", "model", "status"],
+            registry=self.registry,
+        )
         self.tokens = Counter(
-            "gateway_tokens", "Tokens metered, by tenant, model and kind (prompt or completion).",
-            ["tenant", "model", "kind"], registry=self.registry,
-        )  # fmt: skip
+            "gateway_tokens",
+            "Tokens metered, by tenant, model and kind (prompt or completion).",
+            ["tenant", "model", "kind"],
+            registry=self.registry,
+        )
         self.request_duration = Histogram(
-            "gateway_request_duration_seconds", "Time from request received to response ended.",
-            ["tenant", "model"], buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "gateway_request_duration_seconds",
+            "Time from request received to response ended.",
+            ["tenant", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.time_to_first_token = Histogram(
-            "gateway_time_to_first_token_seconds", "Time from request received to first token sent.",
-            ["tenant", "model"], buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "gateway_time_to_first_token_seconds",
+            "Time from request received to first token sent.",
+            ["tenant", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.inflight = Gauge(
-            "gateway_inflight_requests", "Requests being served now, by model.",
-            ["model"], registry=self.registry,
-        )  # fmt: skip
+            "gateway_inflight_requests",
+            "Requests being served now, by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self.engine_up = Gauge(
-            "gateway_engine_up", "1 when the engine endpoint passes health checks, else 0.",
-            ["model", "endpoint"], registry=self.registry,
-        )  # fmt: skip
+            "gateway_engine_up",
+            "1 when the engine endpoint passes health checks, else 0.",
+            ["model", "endpoint"],
+            registry=self.registry,
+        )
         self.engine_ejections = Counter(
-            "gateway_engine_ejections", "Engines taken out of rotation after failed requests in a row.",
-            ["model"], registry=self.registry,
-        )  # fmt: skip
+            "gateway_engine_ejections",
+            "Engines taken out of rotation after failed requests in a row.",
+            ["model"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
-            "gateway_auth_failures", "Requests refused for a missing, wrong, revoked or expired key.",
+            "gateway_auth_failures",
+            "Requests refused for a missing, wrong, revoked or expired key.",
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.ratelimited = Counter(
-            "gateway_ratelimited", "Requests refused by a limit, by tenant and reason "
+            "gateway_ratelimited",
+            "Requests refused by a limit, by tenant and reason "
             "(requests, tokens, concurrency, monthly_tokens, monthly_cost).",
-            ["tenant", "reason"], registry=self.registry,
-        )  # fmt: skip
-        self.limiter_failures = Counter(
-            "gateway_limiter_failures", "Shared limiter (Redis) calls that failed, by operation.",
-            ["operation"], registry=self.registry,
-        )  # fmt: skip
-        self.budget_remaining = Gauge(
-            "gateway_budget_remaining", "What is left of each tenant's monthly budget, by kind "
-            "(tokens, or cost in the price table's currency).",
-            ["tenant", "kind"], registry=self.registry,
-        )  # fmt: skip
-        self.ledger_failures = Counter(
-            "gateway_ledger_write_failures", "Ledger batch writes that failed and were retried.",
+            ["tenant", "reason"],
             registry=self.registry,
-        )  # fmt: skip
+        )
+        self.limiter_failures = Counter(
+            "gateway_limiter_failures",
+            "Shared limiter (Redis) calls that failed, by operation.",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.budget_remaining = Gauge(
+            "gateway_budget_remaining",
+            "What is left of each tenant's monthly budget, by kind "
+            "(tokens, or cost in the price table's currency).",
+            ["tenant", "kind"],
+            registry=self.registry,
+        )
+        self.ledger_failures = Counter(
+            "gateway_ledger_write_failures",
+            "Ledger batch writes that failed and were retried.",
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
-            "gateway_queue_depth", "Requests waiting for a saturated pool's engines, by model.",
-            ["model"], registry=self.registry,
-        )  # fmt: skip
+            "gateway_queue_depth",
+            "Requests waiting for a saturated pool's engines, by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
-            "gateway_queue_wait_seconds", "Time a request waited in a pool's fair queue before an engine.",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "gateway_queue_wait_seconds",
+            "Time a request waited in a pool's fair queue before an engine.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_rejected = Counter(
-            "gateway_queue_rejected", "Requests refused by a saturated pool's queue, by model and reason "
-            "(tenant_full, full, timeout).",
-            ["model", "reason"], registry=self.registry,
-        )  # fmt: skip
+            "gateway_queue_rejected",
+            "Requests refused by a saturated pool's queue, by model and reason (tenant_full, full, timeout).",
+            ["model", "reason"],
+            registry=self.registry,
+        )
 
     def observe_request(
         self,

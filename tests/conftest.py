@@ -65,9 +65,13 @@ def pool_spec(sim_url: str, *extra: PoolSpec) -> DeploymentSpec:
 async def gateway(sim_engine: str, tmp_path: Path) -> AsyncIterator[Gateway]:
     """The app in-process over ASGITransport, lifespan running, fronting the session's sim."""
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'gateway.db'}", data_dir=tmp_path, max_body_bytes=64 * 1024,
-        health_interval_s=0.2, auth_cache_ttl_s=0, admin_token=ADMIN_TOKEN,
-    )  # fmt: skip
+        database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+        data_dir=tmp_path,
+        max_body_bytes=64 * 1024,
+        health_interval_s=0.2,
+        auth_cache_ttl_s=0,
+        admin_token=ADMIN_TOKEN,
+    )
     defaults = {"ttft_ms": 0, "itl_ms": 0, "output_tokens": 16, "failure_rate": 0, "fail_after_tokens": None}
     app = create_app(settings, pool_spec(sim_engine))
     async with app.router.lifespan_context(app):

@@ -16,9 +16,23 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 VOCABULARY: tuple[str, ...] = (
-    " lorem", " ipsum", " dolor", " sit", " amet", " consectetur", " adipiscing", " elit",
-    " sed", " do", " eiusmod", " tempor", " incididunt", " ut", " labore", " et",
-)  # fmt: skip
+    " lorem",
+    " ipsum",
+    " dolor",
+    " sit",
+    " amet",
+    " consectetur",
+    " adipiscing",
+    " elit",
+    " sed",
+    " do",
+    " eiusmod",
+    " tempor",
+    " incididunt",
+    " ut",
+    " labore",
+    " et",
+)
 
 _FULL_CYCLE = "".join(VOCABULARY)
 

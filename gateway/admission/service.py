@@ -98,8 +98,8 @@ class Admission:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def drain(self) -> None:
-        """Wait for settlements in flight (shutdown)."""
+    async def wait_settled(self) -> None:
+        """Wait for settlements in flight (shutdown; tests)."""
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 

@@ -47,19 +47,25 @@ def limits_object(values: LimitValues | None) -> LimitsObject | None:
 
 def tenant_object(tenant: Tenant) -> TenantObject:
     return TenantObject(
-        id=tenant.id, name=tenant.name, status=tenant.status, created_at=format_timestamp(tenant.created_at),
+        id=tenant.id,
+        name=tenant.name,
+        status=tenant.status,
+        created_at=format_timestamp(tenant.created_at),
         limits=limits_object(tenant.limits),
-    )  # fmt: skip
+    )
 
 
 def key_object(key: ApiKey) -> KeyObject:
     return KeyObject(
-        id=key.id, tenant=key.tenant_name, prefix=key.prefix,
+        id=key.id,
+        tenant=key.tenant_name,
+        prefix=key.prefix,
         models=sorted(key.models) if key.models is not None else None,
         expires_at=format_timestamp(key.expires_at) if key.expires_at is not None else None,
         revoked_at=format_timestamp(key.revoked_at) if key.revoked_at is not None else None,
-        created_at=format_timestamp(key.created_at), limits=limits_object(key.limits),
-    )  # fmt: skip
+        created_at=format_timestamp(key.created_at),
+        limits=limits_object(key.limits),
+    )
 
 
 def created_key(issued: IssuedKey) -> CreatedKey:
@@ -173,9 +179,12 @@ async def rotate_key(key_id: str, tenancy: TenancyDep, body: KeyRotateRequest | 
 
 @router.get("/usage")
 async def usage(
-    reporter: ReporterDep, period: PeriodDep, tenant: str | None = None, group_by: GroupBy = "day",
+    reporter: ReporterDep,
+    period: PeriodDep,
+    tenant: str | None = None,
+    group_by: GroupBy = "day",
     format: ReportFormat = "json",
-) -> Response:  # fmt: skip
+) -> Response:
     """One tenant's usage, or every tenant's when ``tenant`` is left out."""
     return report_reply(await reporter.report(tenant, period, group_by), format)
 
@@ -187,11 +196,16 @@ async def usage_chart(reporter: ReporterDep, period: PeriodDep, tenant: str | No
 
 def engine_object(endpoint: Endpoint, now: float) -> EngineObject:
     return EngineObject(
-        model=endpoint.model, url=endpoint.url, healthy=endpoint.healthy, draining=endpoint.draining,
-        ejected=bool(endpoint.ejected_until) and now < endpoint.ejected_until, inflight=endpoint.inflight,
-        engine_running=endpoint.engine_running, engine_waiting=endpoint.engine_waiting,
+        model=endpoint.model,
+        url=endpoint.url,
+        healthy=endpoint.healthy,
+        draining=endpoint.draining,
+        ejected=bool(endpoint.ejected_until) and now < endpoint.ejected_until,
+        inflight=endpoint.inflight,
+        engine_running=endpoint.engine_running,
+        engine_waiting=endpoint.engine_waiting,
         kv_cache_usage=endpoint.kv_usage,
-    )  # fmt: skip
+    )
 
 
 @router.get("/engines")

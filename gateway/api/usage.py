@@ -34,14 +34,19 @@ def report_reply(report: UsageReport, fmt: ReportFormat) -> Response:
 
 @router.get("/usage")
 async def own_usage(
-    request: Request, key: KeyDep, reporter: ReporterDep, period: PeriodDep,
-    group_by: GroupBy = "day", format: ReportFormat = "json",
-) -> Response:  # fmt: skip
+    request: Request,
+    key: KeyDep,
+    reporter: ReporterDep,
+    period: PeriodDep,
+    group_by: GroupBy = "day",
+    format: ReportFormat = "json",
+) -> Response:
     """The caller's tenant only. Naming a tenant is refused rather than ignored, so that nobody
     mistakes the answer for another tenant's usage."""
     if "tenant" in request.query_params:
         raise InvalidRequestError(
             "This route reports the usage of the key's own tenant; it takes no tenant parameter.",
-            param="tenant", code="unknown_parameter",
-        )  # fmt: skip
+            param="tenant",
+            code="unknown_parameter",
+        )
     return report_reply(await reporter.own_report(key, period, group_by), format)

@@ -16,9 +16,17 @@ from gateway.reporting.reports import DailyUsage, format_cost
 
 # Tableau 10: distinguishable, also in greyscale print.
 PALETTE = (
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
-    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
-)  # fmt: skip
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
 WIDTH, HEIGHT = 960, 320
 LEFT, RIGHT, TOP, BOTTOM = 96, 16, 16, 72
 _MAX_X_LABELS = 16
@@ -154,9 +162,13 @@ def render_usage_chart(usage: DailyUsage) -> str:
         days, usage.models, tokens, "tokens", True, lambda d, m: f"{usage.tokens.get((d, m), 0):,} tokens"
     )
     cost_panel = _panel(
-        days, usage.models, cost, f"cost ({usage.currency})", False,
+        days,
+        usage.models,
+        cost,
+        f"cost ({usage.currency})",
+        False,
         lambda d, m: f"{format_cost(usage.cost_pico.get((d, m), 0))} {usage.currency}",
-    )  # fmt: skip
+    )
     who = escape(usage.tenant or "all tenants")
     span = f"{usage.period.first} to {usage.period.last} (UTC)"
     return f"""<!doctype html>

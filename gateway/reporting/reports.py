@@ -142,21 +142,28 @@ class UsageReporter:
 
 def _line(group: UsageGroup) -> UsageLine:
     return UsageLine(
-        group=group.group, requests=group.requests, prompt_tokens=group.prompt_tokens,
+        group=group.group,
+        requests=group.requests,
+        prompt_tokens=group.prompt_tokens,
         completion_tokens=group.completion_tokens,
-        total_tokens=group.prompt_tokens + group.completion_tokens, cost=format_cost(group.cost_pico),
-    )  # fmt: skip
+        total_tokens=group.prompt_tokens + group.completion_tokens,
+        cost=format_cost(group.cost_pico),
+    )
 
 
 def report_response(report: UsageReport) -> UsageReportResponse:
     """The report as the API's JSON (and ``--format json``)."""
     return UsageReportResponse.model_validate(
         {
-            "tenant": report.tenant, "from": report.period.first.isoformat(),
-            "to": report.period.last.isoformat(), "group_by": report.group_by, "currency": report.currency,
-            "data": [_line(g) for g in report.lines], "total": _line(report.total),
+            "tenant": report.tenant,
+            "from": report.period.first.isoformat(),
+            "to": report.period.last.isoformat(),
+            "group_by": report.group_by,
+            "currency": report.currency,
+            "data": [_line(g) for g in report.lines],
+            "total": _line(report.total),
         }
-    )  # fmt: skip
+    )
 
 
 def render_json(report: UsageReport) -> str:

@@ -95,9 +95,12 @@ class KubernetesSource:
     async def resolve(self) -> list[str]:
         try:
             async with self._session.get(
-                self._url, params=self._params, headers=self._api.headers(), ssl=self._ssl,
+                self._url,
+                params=self._params,
+                headers=self._api.headers(),
+                ssl=self._ssl,
                 timeout=aiohttp.ClientTimeout(total=10),
-            ) as resp:  # fmt: skip
+            ) as resp:
                 if resp.status != 200:
                     raise DiscoveryError(f"{self._url}: HTTP {resp.status}: {(await resp.text())[:200]}")
                 body = await resp.json()
@@ -185,9 +188,13 @@ class EndpointDiscovery:
 
     @classmethod
     def from_spec(
-        cls, spec: DeploymentSpec, router: Router, health: HealthChecker,
-        session: aiohttp.ClientSession, interval_s: float,
-    ) -> EndpointDiscovery:  # fmt: skip
+        cls,
+        spec: DeploymentSpec,
+        router: Router,
+        health: HealthChecker,
+        session: aiohttp.ClientSession,
+        interval_s: float,
+    ) -> EndpointDiscovery:
         sources = {
             p.served_name: create_source(p.discovery, session) for p in spec.pools if p.discovery is not None
         }
@@ -216,7 +223,10 @@ class EndpointDiscovery:
             self._health.forget(endpoint)
         if added or removed:
             logger.info(
-                "pool %s: %d engines (+%s, -%s)", model, len(urls),
-                [e.url for e in added], [e.url for e in removed],
-            )  # fmt: skip
+                "pool %s: %d engines (+%s, -%s)",
+                model,
+                len(urls),
+                [e.url for e in added],
+                [e.url for e in removed],
+            )
             await self._health.check(added)

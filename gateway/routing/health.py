@@ -68,7 +68,7 @@ class HealthChecker:
             await self.check_all()
             for pool in self._router.pools.values():
                 if pool.queue is not None and pool.queue.depth:
-                    pool.drain()  # an endpoint whose cool-down ended may take a waiter
+                    pool.grant_waiting()  # an endpoint whose cool-down ended may take a waiter
             await asyncio.sleep(self._interval_s)
 
     async def _check(self, endpoint: Endpoint) -> None:
@@ -90,7 +90,7 @@ class HealthChecker:
             # Back from down (a restarted engine, usually): its old failures say nothing now.
             endpoint.failures = 0
             endpoint.ejected_until = endpoint.cooldown_s = 0.0
-            self._router.pool(endpoint.model).drain()  # its free slots go to whoever waits
+            self._router.pool(endpoint.model).grant_waiting()  # its free slots go to whoever waits
         self._metrics.engine_up.labels(endpoint.model, endpoint.url).set(1 if healthy else 0)
 
     def succeeded(self, endpoint: Endpoint) -> None:
@@ -121,5 +121,8 @@ class HealthChecker:
         self._metrics.engine_ejections.labels(endpoint.model).inc()
         logger.warning(
             "engine %s for %s ejected for %.0f s after %d failed requests in a row",
-            endpoint.url, endpoint.model, cooldown, endpoint.failures,
-        )  # fmt: skip
+            endpoint.url,
+            endpoint.model,
+            cooldown,
+            endpoint.failures,
+        )

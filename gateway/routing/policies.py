@@ -31,7 +31,7 @@ class RoutingPolicy(Protocol):
     def choose(self, candidates: list[Endpoint], key: str | None = None) -> Endpoint: ...
 
 
-class LeastInflight:
+class LeastLoad:
     """Least loaded (``Endpoint.load``: in flight here, or the engine's own count, and its KV
     cache); ties rotate so equal engines share load evenly."""
 
@@ -71,7 +71,7 @@ class PrefixAffinity:
 
     def __init__(self, load_factor: float = 1.25) -> None:
         self._load_factor = load_factor
-        self._fallback = LeastInflight()
+        self._fallback = LeastLoad()
 
     def choose(self, candidates: list[Endpoint], key: str | None = None) -> Endpoint:
         if key is None or len(candidates) == 1:
@@ -85,8 +85,8 @@ class PrefixAffinity:
         return self._fallback.choose(candidates)
 
 
-POLICIES: dict[str, type[LeastInflight] | type[RoundRobin] | type[PrefixAffinity]] = {
-    "least_load": LeastInflight,
+POLICIES: dict[str, type[LeastLoad] | type[RoundRobin] | type[PrefixAffinity]] = {
+    "least_load": LeastLoad,
     "round_robin": RoundRobin,
     "prefix_aware": PrefixAffinity,
 }

@@ -117,9 +117,9 @@ class EnginePool:
             else:
                 self._holding.pop(tenant, None)
         if self.queue is not None and self.queue.depth:
-            self.drain()
+            self.grant_waiting()
 
-    def drain(self) -> None:
+    def grant_waiting(self) -> None:
         """Hand every free slot to a waiter: dedicated ones to their tenant, shared ones in turn."""
         queue = self.queue
         if queue is None:
@@ -180,7 +180,7 @@ class EnginePool:
         except TenantQueueFullError:
             self._count_rejected("tenant_full")
             raise
-        self.drain()  # a slot may be free already (an engine just came back)
+        self.grant_waiting()  # a slot may be free already (an engine just came back)
         try:
             async with asyncio.timeout(queue.max_wait_s):
                 return await waiter.future
@@ -217,8 +217,13 @@ class EnginePool:
             q = spec.queue
             queue = FairQueue(spec.served_name, q.max_per_tenant, q.max_total, q.max_wait_s)
         return cls(
-            model=spec.served_name, endpoints=endpoints, policy=create_policy(spec.routing),
-            spill_over=spec.dedicated_spill_over, max_inflight=spec.max_inflight_per_engine,
-            queue=queue, metrics=metrics, fair_share=spec.queue.fair_share,
+            model=spec.served_name,
+            endpoints=endpoints,
+            policy=create_policy(spec.routing),
+            spill_over=spec.dedicated_spill_over,
+            max_inflight=spec.max_inflight_per_engine,
+            queue=queue,
+            metrics=metrics,
+            fair_share=spec.queue.fair_share,
             active_window_s=spec.queue.active_window_s,
-        )  # fmt: skip
+        )

@@ -34,5 +34,5 @@ class Router:
         for endpoint in matched:
             endpoint.draining = draining
             if not draining:
-                self.pool(endpoint.model).drain()  # its free slots go to whoever waits
+                self.pool(endpoint.model).grant_waiting()  # its free slots go to whoever waits
         return matched

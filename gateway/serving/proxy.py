@@ -1,21 +1,14 @@
-"""The request path after auth: parse → route → upstream → relay → meter.
-
-``Exchange`` owns one request's bookkeeping and finishes it exactly once, from whichever exit
-is taken: a full response, an error before or during the stream, or the client going away.
-"""
+"""The request path after auth: parse → admission → route → upstream → relay → meter."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
-from gateway.admission.limits import Reservation
 from gateway.admission.service import Admission
 from gateway.errors import (
     GatewayError,
@@ -28,17 +21,17 @@ from gateway.errors import (
 from gateway.inference import EngineCall, parse_call
 from gateway.metering.meter import CLIENT_CLOSED, Meter
 from gateway.metrics import GatewayMetrics
-from gateway.records import Api, ApiKey, Outcome, UsageRecord
+from gateway.records import Api, ApiKey, UsageRecord
 from gateway.routing.endpoint import Endpoint
 from gateway.routing.health import HealthChecker
 from gateway.routing.policies import affinity_key
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
+from gateway.serving.disconnect import ClientDisconnectedError, DisconnectWatch
+from gateway.serving.exchange import Exchange, RelayResponse
 from gateway.serving.relay import (
     SseSplitter,
     UsageShaper,
-    UsageTracker,
-    meter_unread,
     relay_body,
     relay_events,
 )
@@ -49,133 +42,10 @@ from gateway.serving.upstream import (
     UpstreamResponse,
 )
 
-
-class ClientDisconnectedError(Exception):
-    """The client went away while the gateway was waiting on the engine or relaying its answer."""
-
-
-class DisconnectWatch:
-    """``async with DisconnectWatch(receive):`` cancels the block when the client disconnects, which
-    then raises ``ClientDisconnectedError``. One plain task: Starlette's task group per response
-    cost 0.07-0.2 ms of CPU per stream (benchmarks/overhead.py). Only valid once the request body
-    has been read: the next ASGI message can then only be the disconnect."""
-
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
-        self._gone = False
-
-    async def __aenter__(self) -> None:
-        self._task = asyncio.current_task()
-        self._watcher = asyncio.create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        self._gone = True
-        if self._task is not None:
-            self._task.cancel()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        self._watcher.cancel()
-        if exc_type is not None and issubclass(exc_type, asyncio.CancelledError) and self._gone:
-            if self._task is not None:
-                self._task.uncancel()
-            raise ClientDisconnectedError from None
-
-
 _DONE = b"data: [DONE]\n\n"
 
 # How often a running stream's token count is journaled (what a gateway crash would bill).
 PROGRESS_EVERY_S = 1.0
-
-
-class Exchange:
-    """One metered request: its ledger row, its engine, its usage so far."""
-
-    def __init__(
-        self, meter: Meter, admission: Admission, metrics: GatewayMetrics, record: UsageRecord, tenant: str
-    ) -> None:
-        self._meter = meter
-        self._admission = admission
-        self.reservation: Reservation | None = None
-        self._metrics = metrics
-        self.record = record
-        self._tenant = tenant
-        self._t0 = time.perf_counter()
-        self.tracker = UsageTracker(started=self._t0)
-        self.upstream: UpstreamResponse | None = None
-        self.pool: EnginePool | None = None  # where ``upstream``'s engine slot goes back
-        self.completed = False
-        self.error: GatewayError | None = None
-        self.splitter: SseSplitter | None = None  # a stream's, to meter what was left unrelayed
-        self._finished = False
-
-    def finish(self) -> None:
-        """Close the engine connection, then meter; later calls do nothing."""
-        if self._finished:
-            return
-        self._finished = True
-        record, tracker = self.record, self.tracker
-        if self.upstream is not None and self.pool is not None:
-            endpoint = self.upstream.endpoint
-            self.pool.release(endpoint, self._tenant)
-            self._metrics.inflight.labels(endpoint.model).dec()
-            # A response read to the end goes back to the pool; anything else is cut so the
-            # engine aborts the generation instead of finishing it for nobody.
-            if self.completed:
-                self.upstream.release()
-            else:
-                if self.splitter is not None:
-                    meter_unread(self.upstream.unread(), self.splitter, tracker)
-                self.upstream.close()
-        if self.error is not None:
-            record.outcome, record.http_status = Outcome.error, self.error.status_code
-            record.error_code = self.error.code
-        elif not self.completed:
-            record.outcome, record.http_status = Outcome.aborted, CLIENT_CLOSED
-        elif record.http_status >= 400:
-            record.outcome = Outcome.error
-            record.error_code = str((tracker.error or {}).get("code") or "") or None
-        record.prompt_tokens = tracker.prompt_tokens
-        record.completion_tokens = tracker.completion_tokens_known
-        record.ttft_s = tracker.ttft_s
-        record.ended_at = time.time()
-        self._meter.finish(record, self._tenant, time.perf_counter() - self._t0)
-        if self.reservation is not None:
-            self._admission.settle(self.reservation, record)
-
-    def limit_headers(self) -> dict[str, str]:
-        """The x-ratelimit-* headers every answer to a limited key carries."""
-        return self.reservation.state.headers() if self.reservation is not None else {}
-
-
-class RelayResponse(StreamingResponse):
-    """A streaming response that finishes its exchange however the ASGI call ends.
-
-    Only an SSE stream watches for the client leaving (to cut the generation short). A whole body
-    is already on its way from the engine, and a watcher cost 14-23% of the gateway's CPU per JSON
-    request, measured with ``benchmarks/overhead.py``.
-    """
-
-    def __init__(
-        self, exchange: Exchange, body: AsyncIterator[bytes], status: int, media_type: str, streamed: bool
-    ) -> None:
-        headers = {"x-request-id": exchange.record.request_id, **exchange.limit_headers()}
-        super().__init__(body, status_code=status, media_type=media_type, headers=headers)
-        self.exchange = exchange
-        self._streamed = streamed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            if self._streamed:
-                async with DisconnectWatch(receive):
-                    await self.stream_response(send)
-            else:
-                await self.stream_response(send)
-        except ClientDisconnectedError:
-            pass  # the relay stopped mid-stream: finish() meters it as aborted
-        finally:
-            self.exchange.finish()
 
 
 class ProxyService:
@@ -201,9 +71,13 @@ class ProxyService:
 
     async def handle(self, api: Api, key: ApiKey, request: Request) -> Response:
         record = UsageRecord(
-            request_id=f"req_{secrets.token_hex(12)}", tenant_id=key.tenant_id, key_id=key.id,
-            model="", api=api.value, started_at=time.time(),
-        )  # fmt: skip
+            request_id=f"req_{secrets.token_hex(12)}",
+            tenant_id=key.tenant_id,
+            key_id=key.id,
+            model="",
+            api=api.value,
+            started_at=time.time(),
+        )
         exchange = Exchange(self._meter, self._admission, self._metrics, record, key.tenant_name)
         try:
             call = parse_call(api, await self._read_body(request))

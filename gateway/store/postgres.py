@@ -84,11 +84,23 @@ _TENANT_COLUMNS = "id, name, created_at, status, limits"
 _KEY_FROM = "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
 # Ledger columns with the array type each is sent as (one binary array per column: ``insert_usage``).
 _USAGE_TYPES = {
-    "request_id": "text", "tenant_id": "text", "key_id": "text", "model": "text", "api": "text",
-    "started_at": "float8", "endpoint": "text", "outcome": "text", "http_status": "int4",
-    "prompt_tokens": "int8", "completion_tokens": "int8", "ended_at": "float8", "ttft_s": "float8",
-    "error_code": "text", "cost_pico": "int8", "price_version": "text",
-}  # fmt: skip
+    "request_id": "text",
+    "tenant_id": "text",
+    "key_id": "text",
+    "model": "text",
+    "api": "text",
+    "started_at": "float8",
+    "endpoint": "text",
+    "outcome": "text",
+    "http_status": "int4",
+    "prompt_tokens": "int8",
+    "completion_tokens": "int8",
+    "ended_at": "float8",
+    "ttft_s": "float8",
+    "error_code": "text",
+    "cost_pico": "int8",
+    "price_version": "text",
+}
 _USAGE_COLUMNS = ", ".join(_USAGE_TYPES)
 _INSERT_USAGE = (
     f"INSERT INTO usage_ledger ({_USAGE_COLUMNS}) "
@@ -137,10 +149,19 @@ def _new_id(kind: str) -> str:
 def _key_from_row(row: Sequence[Any]) -> ApiKey:
     models = frozenset(row[6]) if row[6] is not None else None
     return ApiKey(
-        id=row[0], tenant_id=row[1], tenant_name=row[2], key_hash=row[3], prefix=row[4],
-        created_at=row[5], models=models, expires_at=row[7], revoked_at=row[8],
-        tenant_status=TenantStatus(row[9]), limits=_limits_from(row[10]), tenant_limits=_limits_from(row[11]),
-    )  # fmt: skip
+        id=row[0],
+        tenant_id=row[1],
+        tenant_name=row[2],
+        key_hash=row[3],
+        prefix=row[4],
+        created_at=row[5],
+        models=models,
+        expires_at=row[7],
+        revoked_at=row[8],
+        tenant_status=TenantStatus(row[9]),
+        limits=_limits_from(row[10]),
+        tenant_limits=_limits_from(row[11]),
+    )
 
 
 def _usage_columns(records: Sequence[UsageRecord]) -> list[list[Any]]:
@@ -152,11 +173,23 @@ def _usage_columns(records: Sequence[UsageRecord]) -> list[list[Any]]:
 
 def _usage_from_row(row: Sequence[Any]) -> UsageRecord:
     return UsageRecord(
-        request_id=row[0], tenant_id=row[1], key_id=row[2], model=row[3], api=row[4],
-        started_at=row[5], endpoint=row[6], outcome=Outcome(row[7]), http_status=row[8],
-        prompt_tokens=row[9], completion_tokens=row[10], ended_at=row[11], ttft_s=row[12],
-        error_code=row[13], cost_pico=row[14], price_version=row[15],
-    )  # fmt: skip
+        request_id=row[0],
+        tenant_id=row[1],
+        key_id=row[2],
+        model=row[3],
+        api=row[4],
+        started_at=row[5],
+        endpoint=row[6],
+        outcome=Outcome(row[7]),
+        http_status=row[8],
+        prompt_tokens=row[9],
+        completion_tokens=row[10],
+        ended_at=row[11],
+        ttft_s=row[12],
+        error_code=row[13],
+        cost_pico=row[14],
+        price_version=row[15],
+    )
 
 
 def _tenant_from_row(row: Sequence[Any]) -> Tenant:
@@ -200,9 +233,14 @@ class PostgresStore:
             async with connection:
                 await _migrate(connection)
             pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
-                self._conninfo, min_size=1, max_size=self._pool_size, timeout=self._timeout_s,
-                kwargs={"autocommit": True}, open=False, name="gateway-store",
-            )  # fmt: skip
+                self._conninfo,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=self._timeout_s,
+                kwargs={"autocommit": True},
+                open=False,
+                name="gateway-store",
+            )
             try:
                 await pool.open(wait=True, timeout=self._timeout_s)
             except BaseException:
@@ -289,10 +327,16 @@ class PostgresStore:
             if tenant.status == TenantStatus.deleted:
                 raise ConflictError(f"tenant {tenant_name!r} is deleted")
             key = ApiKey(
-                id=_new_id("key"), tenant_id=tenant.id, tenant_name=tenant.name, key_hash=key_hash,
-                prefix=prefix, created_at=time.time(), models=models, expires_at=expires_at,
+                id=_new_id("key"),
+                tenant_id=tenant.id,
+                tenant_name=tenant.name,
+                key_hash=key_hash,
+                prefix=prefix,
+                created_at=time.time(),
+                models=models,
+                expires_at=expires_at,
                 tenant_status=tenant.status,
-            )  # fmt: skip
+            )
             await conn.execute(
                 "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, models, expires_at, created_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)",

@@ -99,27 +99,61 @@ def _new_id(kind: str) -> str:
 def _key_from_row(row: Sequence[Any]) -> ApiKey:
     models = frozenset(json.loads(row[6])) if row[6] is not None else None
     return ApiKey(
-        id=row[0], tenant_id=row[1], tenant_name=row[2], key_hash=row[3], prefix=row[4],
-        created_at=row[5], models=models, expires_at=row[7], revoked_at=row[8],
-        tenant_status=TenantStatus(row[9]), limits=_limits_from(row[10]), tenant_limits=_limits_from(row[11]),
-    )  # fmt: skip
+        id=row[0],
+        tenant_id=row[1],
+        tenant_name=row[2],
+        key_hash=row[3],
+        prefix=row[4],
+        created_at=row[5],
+        models=models,
+        expires_at=row[7],
+        revoked_at=row[8],
+        tenant_status=TenantStatus(row[9]),
+        limits=_limits_from(row[10]),
+        tenant_limits=_limits_from(row[11]),
+    )
 
 
 def _usage_row(r: UsageRecord) -> tuple[Any, ...]:
     return (
-        r.request_id, r.tenant_id, r.key_id, r.model, r.api, r.started_at, r.endpoint,
-        r.outcome.value, r.http_status, r.prompt_tokens, r.completion_tokens, r.ended_at,
-        r.ttft_s, r.error_code, r.cost_pico, r.price_version,
-    )  # fmt: skip
+        r.request_id,
+        r.tenant_id,
+        r.key_id,
+        r.model,
+        r.api,
+        r.started_at,
+        r.endpoint,
+        r.outcome.value,
+        r.http_status,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.ended_at,
+        r.ttft_s,
+        r.error_code,
+        r.cost_pico,
+        r.price_version,
+    )
 
 
 def _usage_from_row(row: Sequence[Any]) -> UsageRecord:
     return UsageRecord(
-        request_id=row[0], tenant_id=row[1], key_id=row[2], model=row[3], api=row[4],
-        started_at=row[5], endpoint=row[6], outcome=Outcome(row[7]), http_status=row[8],
-        prompt_tokens=row[9], completion_tokens=row[10], ended_at=row[11], ttft_s=row[12],
-        error_code=row[13], cost_pico=row[14], price_version=row[15],
-    )  # fmt: skip
+        request_id=row[0],
+        tenant_id=row[1],
+        key_id=row[2],
+        model=row[3],
+        api=row[4],
+        started_at=row[5],
+        endpoint=row[6],
+        outcome=Outcome(row[7]),
+        http_status=row[8],
+        prompt_tokens=row[9],
+        completion_tokens=row[10],
+        ended_at=row[11],
+        ttft_s=row[12],
+        error_code=row[13],
+        cost_pico=row[14],
+        price_version=row[15],
+    )
 
 
 def _tenant_from_row(row: Sequence[Any]) -> Tenant:
@@ -246,10 +280,16 @@ class SqliteStore:
         if tenant.status == TenantStatus.deleted:
             raise ConflictError(f"tenant {tenant_name!r} is deleted")
         key = ApiKey(
-            id=_new_id("key"), tenant_id=tenant.id, tenant_name=tenant.name, key_hash=key_hash,
-            prefix=prefix, created_at=time.time(), models=models, expires_at=expires_at,
+            id=_new_id("key"),
+            tenant_id=tenant.id,
+            tenant_name=tenant.name,
+            key_hash=key_hash,
+            prefix=prefix,
+            created_at=time.time(),
+            models=models,
+            expires_at=expires_at,
             tenant_status=tenant.status,
-        )  # fmt: skip
+        )
         models_json = json.dumps(sorted(models)) if models is not None else None
         await self._run(
             lambda c: c.execute(

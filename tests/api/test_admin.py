@@ -18,8 +18,16 @@ from tests.conftest import ADMIN_TOKEN, SIM_MODEL, Gateway, pool_spec
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 KEY_FIELDS = {
-    "object", "id", "tenant", "prefix", "models", "expires_at", "revoked_at", "created_at", "limits"
-}  # fmt: skip
+    "object",
+    "id",
+    "tenant",
+    "prefix",
+    "models",
+    "expires_at",
+    "revoked_at",
+    "created_at",
+    "limits",
+}
 NO_LIMITS = {"rpm": None, "tpm": None, "max_concurrent": None, "monthly_tokens": None, "monthly_cost": None}
 
 
@@ -74,24 +82,31 @@ async def test_a_tenant_key_gets_403_on_every_admin_route(gateway: Gateway) -> N
     secret, key = await gateway.new_key("tenant-a")
     await gateway.new_key("tenant-b")
     calls = [
-        ("GET", "/admin/tenants"), ("GET", "/admin/keys"), ("GET", "/admin/keys?tenant=tenant-b"),
-        ("GET", f"/admin/keys/{key.id}"), ("POST", f"/admin/keys/{key.id}/rotate"),
+        ("GET", "/admin/tenants"),
+        ("GET", "/admin/keys"),
+        ("GET", "/admin/keys?tenant=tenant-b"),
+        ("GET", f"/admin/keys/{key.id}"),
+        ("POST", f"/admin/keys/{key.id}/rotate"),
         ("GET", "/admin/usage?tenant=tenant-b&from=2026-01-01&to=2026-12-31"),
         ("GET", "/admin/usage/chart?tenant=tenant-b&from=2026-01-01&to=2026-12-31"),
-        ("DELETE", "/admin/tenants/tenant-b"), ("PUT", "/admin/tenants/tenant-b/limits"),
-        ("DELETE", "/admin/tenants/tenant-b/limits"), ("PUT", f"/admin/keys/{key.id}/limits"),
+        ("DELETE", "/admin/tenants/tenant-b"),
+        ("PUT", "/admin/tenants/tenant-b/limits"),
+        ("DELETE", "/admin/tenants/tenant-b/limits"),
+        ("PUT", f"/admin/keys/{key.id}/limits"),
         ("DELETE", f"/admin/keys/{key.id}/limits"),
-    ]  # fmt: skip
+    ]
     for method, path in calls:
         body = {"rpm": 1000000} if method == "PUT" else None
         resp = await gateway.client.request(method, path, json=body, headers=auth(secret))
         assert resp.status_code == 403, path
         assert resp.json() == {
             "error": {
-                "message": "A tenant API key cannot call the admin API.", "type": "permission_error",
-                "param": None, "code": "permission_denied",
+                "message": "A tenant API key cannot call the admin API.",
+                "type": "permission_error",
+                "param": None,
+                "code": "permission_denied",
             }
-        }  # fmt: skip
+        }
     assert (await gateway.state.store.get_tenant("tenant-b")).status == "active"
     assert (await gateway.state.store.get_tenant("tenant-b")).limits is None
     assert (await gateway.state.store.get_key(key.id)).limits is None
@@ -142,9 +157,11 @@ async def test_tenant_lifecycle(gateway: Gateway) -> None:
     missing = await client.post("/admin/tenants/nobody/suspend", headers=ADMIN)
     assert missing.status_code == 404
     assert missing.json()["error"] == {
-        "message": "no tenant named 'nobody'", "type": "invalid_request_error", "param": None,
+        "message": "no tenant named 'nobody'",
+        "type": "invalid_request_error",
+        "param": None,
         "code": "not_found",
-    }  # fmt: skip
+    }
 
 
 async def test_key_create_returns_the_secret_once_and_lists_never_show_it(gateway: Gateway) -> None:
@@ -268,9 +285,12 @@ async def test_tenant_limits_are_set_shown_replaced_and_cleared(gateway: Gateway
     resp = await client.put("/admin/tenants/acme/limits", json=full, headers=ADMIN)
     assert resp.status_code == 200 and resp.json()["limits"] == full
     assert (await store.get_tenant("acme")).limits == {
-        "rpm": 60, "tpm": 10000, "max_concurrent": 4, "monthly_tokens": 1000000,
+        "rpm": 60,
+        "tpm": 10000,
+        "max_concurrent": 4,
+        "monthly_tokens": 1000000,
         "monthly_cost_pico": 25 * 10**12,
-    }  # fmt: skip
+    }
     assert (await client.get("/admin/tenants/acme", headers=ADMIN)).json()["limits"] == full
     [listed] = (await client.get("/admin/tenants", headers=ADMIN)).json()["data"]
     assert listed["limits"] == full
@@ -327,14 +347,20 @@ async def test_key_limits_are_set_shown_and_cleared(gateway: Gateway) -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"rpm": -1}, "rpm"), ({"max_concurrent": 2**63}, "max_concurrent"), ({"tpm": 1.5}, "tpm"),
-        ({"rpm": True}, "rpm"), ({"monthly_tokens": "100"}, "monthly_tokens"),
-        ({"monthly_cost": "abc"}, "monthly_cost"), ({"monthly_cost": "-1"}, "monthly_cost"),
-        ({"monthly_cost": "0.0000000000001"}, "monthly_cost"), ({"monthly_cost": 25}, "monthly_cost"),
-        ({"monthly_cost": "NaN"}, "monthly_cost"), ({"burst": 10}, "burst"),
+        ({"rpm": -1}, "rpm"),
+        ({"max_concurrent": 2**63}, "max_concurrent"),
+        ({"tpm": 1.5}, "tpm"),
+        ({"rpm": True}, "rpm"),
+        ({"monthly_tokens": "100"}, "monthly_tokens"),
+        ({"monthly_cost": "abc"}, "monthly_cost"),
+        ({"monthly_cost": "-1"}, "monthly_cost"),
+        ({"monthly_cost": "0.0000000000001"}, "monthly_cost"),
+        ({"monthly_cost": 25}, "monthly_cost"),
+        ({"monthly_cost": "NaN"}, "monthly_cost"),
+        ({"burst": 10}, "burst"),
         ({"monthly_cost_pico": 5}, "monthly_cost_pico"),
     ],
-)  # fmt: skip
+)
 async def test_bad_limits_are_400_naming_the_field(
     gateway: Gateway, body: dict[str, Any], param: str
 ) -> None:
@@ -356,9 +382,11 @@ async def test_a_bad_limit_error_says_what_is_wrong(gateway: Gateway) -> None:
     assert resp.json() == {
         "error": {
             "message": "Invalid limit rpm: must be a whole number from 0 to 9223372036854775807, not -1",
-            "type": "invalid_request_error", "param": "rpm", "code": None,
+            "type": "invalid_request_error",
+            "param": "rpm",
+            "code": None,
         }
-    }  # fmt: skip
+    }
     resp = await gateway.client.put(
         "/admin/tenants/acme/limits", json={"monthly_cost": "1.0000000000001"}, headers=ADMIN
     )
@@ -394,10 +422,17 @@ async def test_engines_are_listed_and_can_be_drained_and_resumed(gateway: Gatewa
     assert listed["object"] == "list"
     [engine] = listed["data"]
     assert engine | {"inflight": 0} == {
-        "object": "engine", "model": SIM_MODEL, "url": gateway.sim_url, "healthy": True, "draining": False,
-        "ejected": False, "inflight": 0, "engine_running": engine["engine_running"],
-        "engine_waiting": engine["engine_waiting"], "kv_cache_usage": engine["kv_cache_usage"],
-    }  # fmt: skip
+        "object": "engine",
+        "model": SIM_MODEL,
+        "url": gateway.sim_url,
+        "healthy": True,
+        "draining": False,
+        "ejected": False,
+        "inflight": 0,
+        "engine_running": engine["engine_running"],
+        "engine_waiting": engine["engine_waiting"],
+        "kv_cache_usage": engine["kv_cache_usage"],
+    }
     drained = await gateway.client.post(
         "/admin/engines/drain", json={"url": gateway.sim_url + "/"}, headers=ADMIN
     )

@@ -24,15 +24,21 @@ class Cli:
     def __init__(self, tmp_path: Path) -> None:
         self.db = tmp_path / "cli.db"
         self.env = {
-            **os.environ, "GATEWAY_DATABASE_URL": f"sqlite:///{self.db}", "GATEWAY_DATA_DIR": str(tmp_path),
+            **os.environ,
+            "GATEWAY_DATABASE_URL": f"sqlite:///{self.db}",
+            "GATEWAY_DATA_DIR": str(tmp_path),
             "GATEWAY_KEY_ROTATION_GRACE_S": "7200",
-        }  # fmt: skip
+        }
 
     def run(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *args], cwd=ROOT, env=self.env, capture_output=True,
-            text=True, timeout=60,
-        )  # fmt: skip
+            [sys.executable, "-m", "gateway.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert (done.returncode == 0) == ok, done.stderr
         return done
 
@@ -115,12 +121,30 @@ async def _seed(cli: Cli) -> str:
         )
         chat = "chat.completions"
         rows = [
-            UsageRecord("r1", key.tenant_id, key.id, "m1", chat, NOV_1 + 10, prompt_tokens=10,
-                        completion_tokens=5, cost_pico=1_500_000),
-            UsageRecord("r2", key.tenant_id, key.id, "m2", chat, NOV_1 + 86_400, prompt_tokens=7,
-                        completion_tokens=3, cost_pico=333_333_333_333),
+            UsageRecord(
+                "r1",
+                key.tenant_id,
+                key.id,
+                "m1",
+                chat,
+                NOV_1 + 10,
+                prompt_tokens=10,
+                completion_tokens=5,
+                cost_pico=1_500_000,
+            ),
+            UsageRecord(
+                "r2",
+                key.tenant_id,
+                key.id,
+                "m2",
+                chat,
+                NOV_1 + 86_400,
+                prompt_tokens=7,
+                completion_tokens=3,
+                cost_pico=333_333_333_333,
+            ),
             UsageRecord("r3", other.tenant_id, other.id, "m1", chat, NOV_1, prompt_tokens=99),
-        ]  # fmt: skip
+        ]
         await store.insert_usage(rows)
         period = ReportPeriod.parse("2026-11-01", "2026-11-02")
         return render_json(await UsageReporter(store, "USD").report("acme", period, "model"))
@@ -149,8 +173,9 @@ def test_usage_report_formats_and_chart(cli: Cli, tmp_path: Path) -> None:
     assert page.count("<svg") == 2 and "<script" not in page and "0.333334833333" in page
     first_day_only = cli.run("usage", "report", *period[:4], "--to", "2026-11-01", "--format", "csv").stdout
     assert first_day_only.splitlines()[-1] == "total,1,10,5,15,0.000001500000,USD"
-    everyone = json.loads(cli.run("usage", "report", "--from", "2026-11-01", "--to", "2026-11-01",
-                                  "--format", "json").stdout)  # fmt: skip
+    everyone = json.loads(
+        cli.run("usage", "report", "--from", "2026-11-01", "--to", "2026-11-01", "--format", "json").stdout
+    )
     assert everyone["tenant"] is None and everyone["total"]["prompt_tokens"] == 10 + 99
     bad = cli.run("usage", "report", "--from", "2026-11-02", "--to", "2026-11-01", ok=False)
     assert bad.stderr == "error: 'to' is before 'from'.\n"
@@ -176,9 +201,12 @@ def test_limits_set_show_and_clear(cli: Cli, tmp_path: Path) -> None:
     assert cli.run("limits", "show", "--key", key_id).stdout == f"key {key_id}: monthly_cost=0.29\n{own}"
     tenant, key = asyncio.run(_limits_of(cli, key_id))
     assert tenant == {
-        "rpm": 60, "tpm": 10000, "max_concurrent": 4, "monthly_tokens": 1000000,
+        "rpm": 60,
+        "tpm": 10000,
+        "max_concurrent": 4,
+        "monthly_tokens": 1000000,
         "monthly_cost_pico": 25 * 10**12,
-    }  # fmt: skip
+    }
     assert key == {"monthly_cost_pico": 290_000_000_000}  # exact: never through a float
 
     assert cli.run("limits", "clear", "--tenant", "acme").stdout == from_defaults

@@ -24,9 +24,12 @@ CHAT = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "ma
 @contextlib.asynccontextmanager
 async def serving(sim_url: str, tmp_path: Path, pool: PoolSpec, **overrides: Any) -> AsyncIterator[Gateway]:
     fields: dict[str, Any] = {
-        "database_url": f"sqlite:///{tmp_path / 'gateway.db'}", "data_dir": tmp_path,
-        "health_interval_s": 0.2, "auth_cache_ttl_s": 0, "limits_path": None,
-    }  # fmt: skip
+        "database_url": f"sqlite:///{tmp_path / 'gateway.db'}",
+        "data_dir": tmp_path,
+        "health_interval_s": 0.2,
+        "auth_cache_ttl_s": 0,
+        "limits_path": None,
+    }
     settings = Settings(**(fields | overrides))
     app = create_app(settings, DeploymentSpec(pools=[pool]))
     async with app.router.lifespan_context(app):
@@ -80,9 +83,11 @@ async def test_saturated_pool_queues_then_serves_and_refuses_past_its_bounds(
     sim_engine: str, tmp_path: Path
 ) -> None:
     pool = PoolSpec(
-        served_name=SIM_MODEL, endpoints=[sim_engine], max_inflight_per_engine=1,
+        served_name=SIM_MODEL,
+        endpoints=[sim_engine],
+        max_inflight_per_engine=1,
         queue=QueueSpec(max_per_tenant=1, max_total=2, max_wait_s=10),
-    )  # fmt: skip
+    )
     async with serving(sim_engine, tmp_path, pool) as gw:
         await gw.sim(ttft_ms=300)
         a, _ = await gw.new_key("a")

@@ -155,9 +155,11 @@ async def test_no_first_token_in_time_is_a_504_and_the_engine_is_cut(sim_engine:
         response = await ask(gw, secret, stream=True)
         assert response.status_code == 504
         assert response.json()["error"] == {
-            "message": "The engine sent no first token within 0.3s.", "type": "timeout", "param": None,
+            "message": "The engine sent no first token within 0.3s.",
+            "type": "timeout",
+            "param": None,
             "code": "upstream_timeout",
-        }  # fmt: skip
+        }
         assert time.monotonic() - started < 2
         [row] = await ledger(gw)
         assert (row.outcome, row.http_status, row.error_code) == (Outcome.error, 504, "upstream_timeout")

@@ -97,9 +97,10 @@ async def test_stream_with_continuous_usage_passes_every_usage_through(gateway: 
 async def test_completions_and_embeddings(gateway: Gateway) -> None:
     secret, _ = await gateway.new_key()
     resp = await gateway.client.post(
-        "/v1/completions", json={"model": SIM_MODEL, "prompt": "one two three", "max_tokens": 2},
+        "/v1/completions",
+        json={"model": SIM_MODEL, "prompt": "one two three", "max_tokens": 2},
         headers=auth(secret),
-    )  # fmt: skip
+    )
     assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 2
     resp = await gateway.client.post(
         "/v1/embeddings", json={"model": SIM_MODEL, "input": ["a b", "c d e"]}, headers=auth(secret)
@@ -198,8 +199,11 @@ async def test_bad_input_gets_an_openai_error_and_a_ledger_row(
     assert error["message"]
     [row] = await ledger(gateway)
     assert (row.outcome, row.http_status, row.prompt_tokens, row.completion_tokens) == (
-        Outcome.error, status, 0, 0,
-    )  # fmt: skip
+        Outcome.error,
+        status,
+        0,
+        0,
+    )
     assert row.request_id == resp.headers["x-request-id"]
 
 
@@ -239,8 +243,10 @@ async def test_no_healthy_engine_gets_503(gateway: Gateway) -> None:
     assert resp.status_code == 503
     assert resp.json()["error"] == {
         "message": f"No healthy engine is serving model `{SIM_MODEL}` right now.",
-        "type": "service_unavailable", "param": None, "code": "no_healthy_engine",
-    }  # fmt: skip
+        "type": "service_unavailable",
+        "param": None,
+        "code": "no_healthy_engine",
+    }
 
 
 async def test_unreachable_engine_is_skipped_and_marked_down(sim_engine: str, tmp_path: Any) -> None:

@@ -56,7 +56,7 @@ async def test_tokens_are_reserved_then_settled_to_actual_usage(gateway: Gateway
     # over-counts on purpose) plus max_tokens.
     reserved = 6000 - int(first.headers["x-ratelimit-remaining-tokens"])
     assert CHAT_PROMPT_TOKENS + 50 <= reserved <= 3 * CHAT_PROMPT_TOKENS + 50
-    await gateway.state.admission.drain()  # settled: 7 prompt + 16 generated actually used
+    await gateway.state.admission.wait_settled()  # settled: 7 prompt + 16 generated actually used
     second = await chat(gateway, secret, max_tokens=50)
     used_by_first = CHAT_PROMPT_TOKENS + 16
     remaining = int(second.headers["x-ratelimit-remaining-tokens"])
@@ -74,7 +74,7 @@ async def test_concurrency_limit_and_release(gateway: Gateway) -> None:
     assert sorted([first.status_code, second.status_code]) == [200, 429]
     refused = first if first.status_code == 429 else second
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
-    await gateway.state.admission.drain()
+    await gateway.state.admission.wait_settled()
     assert (await chat(gateway, secret)).status_code == 200  # the slot came back
 
 
@@ -123,10 +123,19 @@ async def test_monthly_budget_starts_from_the_ledger_after_a_restart(sim_engine:
     key = await store.create_key("budget", new.key_hash, new.prefix, None, None)
     now = time.time()
     spent = [
-        UsageRecord(f"req_old{i}", tenant.id, key.id, SIM_MODEL, "chat.completions", now - 60,
-                    prompt_tokens=200, completion_tokens=200, ended_at=now - 59)
+        UsageRecord(
+            f"req_old{i}",
+            tenant.id,
+            key.id,
+            SIM_MODEL,
+            "chat.completions",
+            now - 60,
+            prompt_tokens=200,
+            completion_tokens=200,
+            ended_at=now - 59,
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     await store.insert_usage(spent)  # 800 of the 1000 tokens are gone already this month
     await store.close()
 
@@ -153,9 +162,12 @@ async def test_redis_down_fails_open_or_closed_as_configured_and_is_counted(
     sim_engine: str, tmp_path: Path, fail_open: bool
 ) -> None:
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'g.db'}", data_dir=tmp_path, limits_path=None,
-        redis_url="redis://127.0.0.1:1/0", limiter_fail_open=fail_open,  # nothing listens there
-    )  # fmt: skip
+        database_url=f"sqlite:///{tmp_path / 'g.db'}",
+        data_dir=tmp_path,
+        limits_path=None,
+        redis_url="redis://127.0.0.1:1/0",
+        limiter_fail_open=fail_open,  # nothing listens there
+    )
     app = create_app(settings, pool_spec(sim_engine))
     async with (
         app.router.lifespan_context(app),

@@ -26,9 +26,12 @@ CHAT = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "ma
 @pytest.fixture
 async def launched(tmp_path: Path) -> AsyncIterator[tuple[EngineLauncher, DeploymentSpec]]:
     pool = PoolSpec(
-        served_name=SIM_MODEL, engine="sim", replicas=2, base_port=two_free_ports(),
+        served_name=SIM_MODEL,
+        engine="sim",
+        replicas=2,
+        base_port=two_free_ports(),
         vllm_args=["--itl-ms", "40", "--output-tokens", "25"],
-    )  # fmt: skip
+    )
     spec = DeploymentSpec(pools=[pool])
     launcher = EngineLauncher(spec, tmp_path, tmp_path / "logs")
     await launcher.start()
@@ -44,9 +47,12 @@ async def test_restart_drains_the_engine_first_and_cuts_nothing(
 ) -> None:
     launcher, spec = launched
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'gateway.db'}", data_dir=tmp_path, health_interval_s=0.2,
-        auth_cache_ttl_s=0, limits_path=None,
-    )  # fmt: skip
+        database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+        data_dir=tmp_path,
+        health_interval_s=0.2,
+        auth_cache_ttl_s=0,
+        limits_path=None,
+    )
     app = create_app(settings, spec)
     launcher.drain_hook = RouterDrain(app)
     first, second = (e.command.url for e in launcher.engines)

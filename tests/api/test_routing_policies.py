@@ -27,8 +27,11 @@ async def test_prefix_aware_pool_keeps_each_conversation_on_one_engine(
                         "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
                     )
                     assert response.status_code == 200
-                    history = [*history, {"role": "assistant", "content": "ok"},
-                               {"role": "user", "content": f"turn {turn}"}]  # fmt: skip
+                    history = [
+                        *history,
+                        {"role": "assistant", "content": "ok"},
+                        {"role": "user", "content": f"turn {turn}"},
+                    ]
             await gw.state.ledger.flush()
             rows = await gw.state.store.list_usage()
             for index, row in enumerate(rows):
@@ -48,9 +51,10 @@ async def test_a_5xx_before_any_byte_is_retried_on_another_engine(sim_engine: st
             for stream in (False, True) * 3:
                 body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
                 response = await gw.client.post(
-                    "/v1/chat/completions", json={**body, "stream": stream},
+                    "/v1/chat/completions",
+                    json={**body, "stream": stream},
                     headers={"Authorization": f"Bearer {secret}"},
-                )  # fmt: skip
+                )
                 assert response.status_code == 200, response.text
             await gw.state.ledger.flush()
             rows = await gw.state.store.list_usage()

@@ -25,9 +25,17 @@ def row(
     n: int, key: ApiKey, started_at: float, model: str, prompt: int, completion: int, cost: int
 ) -> UsageRecord:
     return UsageRecord(
-        f"req-{key.tenant_name}-{n}", key.tenant_id, key.id, model, "chat.completions", started_at,
-        prompt_tokens=prompt, completion_tokens=completion, ended_at=started_at + 1, cost_pico=cost,
-    )  # fmt: skip
+        f"req-{key.tenant_name}-{n}",
+        key.tenant_id,
+        key.id,
+        model,
+        "chat.completions",
+        started_at,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        ended_at=started_at + 1,
+        cost_pico=cost,
+    )
 
 
 async def seed(gw: Gateway) -> tuple[str, ApiKey, str, ApiKey, list[UsageRecord]]:
@@ -60,14 +68,21 @@ async def test_admin_report_totals_reconcile_with_the_ledger_rows(gateway: Gatew
         assert resp.status_code == 200
         report = resp.json()
         assert (report["tenant"], report["from"], report["to"], report["group_by"]) == (
-            "tenant-a", "2026-11-01", "2026-11-03", group_by,
-        )  # fmt: skip
+            "tenant-a",
+            "2026-11-01",
+            "2026-11-03",
+            group_by,
+        )
         assert [line["group"] for line in report["data"]] == groups
         total = report["total"]
         assert total == {
-            "group": "total", "requests": 3, "prompt_tokens": 18, "completion_tokens": 9, "total_tokens": 27,
+            "group": "total",
+            "requests": 3,
+            "prompt_tokens": 18,
+            "completion_tokens": 9,
+            "total_tokens": 27,
             "cost": cost_of(rows),
-        }  # fmt: skip
+        }
         assert total["cost"] == "0.333334833334"
         for field in ("requests", "prompt_tokens", "completion_tokens", "total_tokens"):
             assert sum(line[field] for line in report["data"]) == total[field]

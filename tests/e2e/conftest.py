@@ -63,10 +63,12 @@ async def _launch(pool: PoolSpec, log_dir: Path) -> tuple[EngineLauncher, Engine
 @pytest.fixture(scope="session")
 async def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Engine]:
     pool = PoolSpec(
-        served_name=TINY, model="builtin:tiny-llama", base_port=free_port(),
+        served_name=TINY,
+        model="builtin:tiny-llama",
+        base_port=free_port(),
         vllm_args=["--max-model-len", "16384", "--max-num-seqs", "8", "--dtype", "float32"],
         env={"VLLM_CPU_KVCACHE_SPACE": "1"},
-    )  # fmt: skip
+    )
     launcher, engine = await _launch(pool, tmp_path_factory.mktemp("vllm-logs"))
     try:
         yield engine
@@ -77,9 +79,13 @@ async def vllm_engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 @pytest.fixture(scope="session")
 async def embedding_engine(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Engine]:
     pool = PoolSpec(
-        served_name=MINILM, model="builtin:all-minilm-l6-v2", kind="embed", base_port=free_port(),
-        vllm_args=["--max-model-len", "256", "--dtype", "float32"], env={"VLLM_CPU_KVCACHE_SPACE": "1"},
-    )  # fmt: skip
+        served_name=MINILM,
+        model="builtin:all-minilm-l6-v2",
+        kind="embed",
+        base_port=free_port(),
+        vllm_args=["--max-model-len", "256", "--dtype", "float32"],
+        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
     launcher, engine = await _launch(pool, tmp_path_factory.mktemp("minilm-logs"))
     try:
         yield engine
@@ -99,9 +105,14 @@ class GatewayProcess:
         import subprocess
 
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *args], env={**os.environ, **self.env}, cwd=REPO,
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "gateway.cli", *args],
+            env={**os.environ, **self.env},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         return done.stdout
 
     def new_key(self, tenant: str, *flags: str) -> str:
@@ -139,10 +150,14 @@ def start_gateway(
     port = free_port()
     database = tmp / "gateway.db"
     env = {
-        "GATEWAY_CONFIG_PATH": str(spec_path), "GATEWAY_DATABASE_URL": f"sqlite:///{database}",
-        "GATEWAY_PORT": str(port), "GATEWAY_AUTH_CACHE_TTL_S": "0.5", "GATEWAY_LOG_LEVEL": "info",
-        "GATEWAY_JOURNAL_DIR": str(tmp / "journal"), **(extra_env or {}),
-    }  # fmt: skip
+        "GATEWAY_CONFIG_PATH": str(spec_path),
+        "GATEWAY_DATABASE_URL": f"sqlite:///{database}",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_AUTH_CACHE_TTL_S": "0.5",
+        "GATEWAY_LOG_LEVEL": "info",
+        "GATEWAY_JOURNAL_DIR": str(tmp / "journal"),
+        **(extra_env or {}),
+    }
     log = tmp / f"gateway-{port}.log"
     proc = Process([sys.executable, "-m", "gateway.cli", "serve"], log, env)
     url = f"http://127.0.0.1:{port}"

@@ -27,9 +27,11 @@ def test_client_timeout_before_the_answer_cuts_the_engine_request(tmp_path: Path
         body = {"model": MODEL, "messages": [{"role": "user", "content": "take your time"}], "max_tokens": 8}
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(
-                f"{gateway.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5),
+                f"{gateway.url}/v1/chat/completions",
+                json=body,
+                timeout=httpx.Timeout(30, read=0.5),
                 headers={"Authorization": f"Bearer {key}"},
-            )  # fmt: skip
+            )
         time.sleep(0.5)
         engine = httpx.get(f"{sim_url}/metrics").text
         assert total(engine, "vllm:num_requests_running") == 0, "the engine is still working on it"

@@ -97,9 +97,12 @@ async def test_drain_deadline_cuts_the_rest_and_meters_what_was_sent(tmp_path: P
 
 async def test_launcher_drains_an_engine_on_a_gateway_in_another_process(tmp_path: Path) -> None:
     pool = PoolSpec(
-        served_name=SIM_MODEL, engine="sim", replicas=2, base_port=two_free_ports(),
+        served_name=SIM_MODEL,
+        engine="sim",
+        replicas=2,
+        base_port=two_free_ports(),
         vllm_args=["--itl-ms", "40", "--output-tokens", "25"],
-    )  # fmt: skip
+    )
     launcher = EngineLauncher(DeploymentSpec(pools=[pool]), tmp_path, tmp_path / "logs")
     await launcher.start()
     external = PoolSpec(served_name=SIM_MODEL, endpoints=pool.endpoint_urls())

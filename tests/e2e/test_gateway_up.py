@@ -79,10 +79,11 @@ def test_gateway_up_serves_the_printed_snippets_and_stops_on_ctrl_c(tmp_path: Pa
     config.write_text(yaml.safe_dump(spec))
     port = free_port()
     env = {
-        "GATEWAY_CONFIG_PATH": str(config), "GATEWAY_PORT": str(port),
+        "GATEWAY_CONFIG_PATH": str(config),
+        "GATEWAY_PORT": str(port),
         "GATEWAY_DATA_DIR": str(tmp_path / "data"),
         "GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'gateway.db'}",
-    }  # fmt: skip
+    }
     proc = Process([gateway_script(), "up"], tmp_path / "up.log", env)
     try:
         banner = wait_for_banner(proc)

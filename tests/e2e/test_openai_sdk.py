@@ -35,9 +35,12 @@ def test_chat_streamed_chat_and_completions_are_metered_exactly(
     assert chat.usage.completion_tokens <= 12 and chat.usage.prompt_tokens > 0
 
     stream = sdk.chat.completions.create(
-        model=TINY, messages=MESSAGES, max_tokens=10, stream=True,  # type: ignore[arg-type]
+        model=TINY,
+        messages=MESSAGES,
+        max_tokens=10,
+        stream=True,  # type: ignore[arg-type]
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     chunks = list(stream)
     usage_chunks = [c for c in chunks if c.usage is not None]
     assert len(usage_chunks) == 1 and usage_chunks[0] is chunks[-1] and chunks[-1].choices == []
@@ -64,9 +67,21 @@ def test_chat_streamed_chat_and_completions_are_metered_exactly(
     # tiny-llama prices, $0.10 and $0.40 per million) to the picodollar.
     today = dt.datetime.now(dt.UTC).date().isoformat()
     report = json.loads(
-        gateway_proc.cli("usage", "report", "--tenant", "sdk-basic", "--from", today, "--to", today,
-                         "--group-by", "model", "--format", "json")
-    )  # fmt: skip
+        gateway_proc.cli(
+            "usage",
+            "report",
+            "--tenant",
+            "sdk-basic",
+            "--from",
+            today,
+            "--to",
+            today,
+            "--group-by",
+            "model",
+            "--format",
+            "json",
+        )
+    )
     prompt, generated = prompt_after - prompt_before, generated_after - generated_before
     assert report["total"]["requests"] == 4
     assert (report["total"]["prompt_tokens"], report["total"]["completion_tokens"]) == (prompt, generated)
@@ -83,9 +98,11 @@ def test_models_list_and_bad_key(gateway_proc: GatewayProcess) -> None:
         client(gateway_proc, "sk-gw-wrong").chat.completions.create(model=TINY, messages=MESSAGES)  # type: ignore[arg-type]
     assert info.value.status_code == 401
     assert info.value.body == {  # type: ignore[comparison-overlap]
-        "message": "Incorrect API key provided.", "type": "authentication_error", "param": None,
+        "message": "Incorrect API key provided.",
+        "type": "authentication_error",
+        "param": None,
         "code": "invalid_api_key",
-    }  # fmt: skip
+    }
     with pytest.raises(openai.NotFoundError):
         client(gateway_proc, key).chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
 
@@ -116,9 +133,12 @@ def test_client_abort_mid_stream_bills_what_the_engine_generated(
         # Far more than the engine can make before the gateway sees the client leave, even on a
         # loaded machine. The client counts tokens from the running usage, not chunks: a lagging
         # vLLM API server merges many tokens into one chunk.
-        model=TINY, messages=MESSAGES, max_tokens=max_tokens, stream=True,  # type: ignore[arg-type]
+        model=TINY,
+        messages=MESSAGES,
+        max_tokens=max_tokens,
+        stream=True,  # type: ignore[arg-type]
         extra_body={"ignore_eos": True, "stream_options": options},
-    )  # fmt: skip
+    )
     for chunk in stream:
         if chunk.usage is not None and chunk.usage.completion_tokens >= 20:
             break

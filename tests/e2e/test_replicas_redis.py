@@ -64,8 +64,10 @@ async def test_a_burst_over_three_replicas_stays_within_one_request_of_the_limit
                 # RPM 30 refills one request every 2 s: the burst may catch one refill at most.
                 assert RPM <= admitted <= RPM + 1, statuses
                 assert statuses.count(429) == BURST - admitted
-                refused_by = [sample(g.metrics(), "gateway_ratelimited_total", tenant="bursty",
-                                     reason="requests") or 0 for g in gateways]  # fmt: skip
+                refused_by = [
+                    sample(g.metrics(), "gateway_ratelimited_total", tenant="bursty", reason="requests") or 0
+                    for g in gateways
+                ]
                 assert sum(refused_by) == BURST - admitted  # whichever replica the refusals fell on
                 tenant_id = (await store.get_tenant("bursty")).id
                 deadline = time.monotonic() + 20

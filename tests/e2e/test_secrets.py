@@ -21,9 +21,10 @@ def test_keys_and_admin_token_never_leak(tmp_path: Path) -> None:
     admin_token = secrets.token_urlsafe(32)
     sim, sim_url = start_sim(tmp_path, MODEL)
     proc, gateway = start_gateway(
-        tmp_path, [PoolSpec(served_name=MODEL, endpoints=[sim_url])],
+        tmp_path,
+        [PoolSpec(served_name=MODEL, endpoints=[sim_url])],
         {"GATEWAY_ADMIN_TOKEN": admin_token, "GATEWAY_LOG_LEVEL": "debug"},
-    )  # fmt: skip
+    )
     admin = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30)
     created: list[str] = []
     responses: list[str] = []
@@ -39,9 +40,11 @@ def test_keys_and_admin_token_never_leak(tmp_path: Path) -> None:
         for secret in [*created, created[0] + "x", created[1][:-1]]:
             for stream in (False, True):
                 response = httpx.post(
-                    f"{gateway.url}/v1/chat/completions", json={**body, "stream": stream},
-                    headers={"Authorization": f"Bearer {secret}"}, timeout=30,
-                )  # fmt: skip
+                    f"{gateway.url}/v1/chat/completions",
+                    json={**body, "stream": stream},
+                    headers={"Authorization": f"Bearer {secret}"},
+                    timeout=30,
+                )
                 responses.append(response.text)
         key_id = gateway.cli.main("keys", "list", "--tenant", "leaky-cli").split()[0]
         gateway.cli.main("keys", "revoke", key_id)

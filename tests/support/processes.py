@@ -45,9 +45,13 @@ class Process:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.popen = subprocess.Popen(
-            list(argv), stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
-            env={**os.environ, **(env or {})}, start_new_session=True,
-        )  # fmt: skip
+            list(argv),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
 
     def wait_http(self, url: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

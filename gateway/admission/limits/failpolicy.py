@@ -63,8 +63,12 @@ class FailPolicyLimiter:
             return
         logger.warning(
             "rate limiter backend failed during %s (%s: %s); failing %s; %d failures since the last warning",
-            operation, type(exc).__name__, exc, "open" if self.fail_open else "closed", self._unlogged,
-        )  # fmt: skip
+            operation,
+            type(exc).__name__,
+            exc,
+            "open" if self.fail_open else "closed",
+            self._unlogged,
+        )
         self._logged_at, self._unlogged = now, 0
 
     def _unavailable(self, exc: Exception) -> LimiterUnavailableError:
@@ -89,9 +93,15 @@ class FailPolicyLimiter:
             if not self.fail_open:
                 raise self._unavailable(exc) from exc
             return Reservation(
-                subject=subject, lease_id="", month=month_of(time.time()), tokens=tokens, cost_pico=cost_pico,
-                holds=(), state=RateLimitState(), degraded=True,
-            )  # fmt: skip
+                subject=subject,
+                lease_id="",
+                month=month_of(time.time()),
+                tokens=tokens,
+                cost_pico=cost_pico,
+                holds=(),
+                state=RateLimitState(),
+                degraded=True,
+            )
 
     async def settle(self, reservation: Reservation, tokens: int, cost_pico: int) -> None:
         try:

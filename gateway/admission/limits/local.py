@@ -108,14 +108,15 @@ class InProcessLimiter:
             used = self._month(subject.tenant_id, name, demand.month)
             views.append(
                 ScopeView(
-                    scope=scope, limits=scope_limits,
+                    scope=scope,
+                    limits=scope_limits,
                     requests_level=state.requests.current(scope_limits.rpm or 0, now),
                     tokens_level=state.tokens.current(scope_limits.tpm or 0, now),
                     concurrent=len(state.leases),
                     month_tokens=used[0] + state.reserved_tokens,
                     month_cost_pico=used[1] + state.reserved_cost_pico,
                 )
-            )  # fmt: skip
+            )
         refused = refusal(views, demand)
         if refused is not None:
             raise refused
@@ -123,10 +124,14 @@ class InProcessLimiter:
         for view in views:
             self._take(self._scope(subject, scope_id(view.scope, subject.key_id)), view, demand, lease_id)
         return Reservation(
-            subject=subject, lease_id=lease_id, month=demand.month, tokens=tokens, cost_pico=cost_pico,
+            subject=subject,
+            lease_id=lease_id,
+            month=demand.month,
+            tokens=tokens,
+            cost_pico=cost_pico,
             holds=tuple(hold_for(scope, scope_limits) for scope, scope_limits in checked),
             state=rate_state(views, demand, admitted=True),
-        )  # fmt: skip
+        )
 
     def _take(self, state: _ScopeState, view: ScopeView, demand: Demand, lease_id: str) -> None:
         if view.limits.rpm is not None:

@@ -60,10 +60,14 @@ def _hold_arg(hold: Hold) -> str:
 
 def _view(scope: Scope, limits: Limits, raw: Sequence[bytes]) -> ScopeView:
     return ScopeView(
-        scope=scope, limits=limits, requests_level=float(raw[0]), tokens_level=float(raw[1]),
-        concurrent=int(raw[2]), month_tokens=int(raw[3]) + int(raw[4]),
+        scope=scope,
+        limits=limits,
+        requests_level=float(raw[0]),
+        tokens_level=float(raw[1]),
+        concurrent=int(raw[2]),
+        month_tokens=int(raw[3]) + int(raw[4]),
         month_cost_pico=int(raw[5]) + int(raw[6]),
-    )  # fmt: skip
+    )
 
 
 class RedisLimiter:
@@ -139,10 +143,14 @@ class RedisLimiter:
                 raise RuntimeError(f"the admit script refused what the policy admits: {raw!r}")
             raise refused
         return Reservation(
-            subject=subject, lease_id=lease_id, month=month, tokens=tokens, cost_pico=cost_pico,
+            subject=subject,
+            lease_id=lease_id,
+            month=month,
+            tokens=tokens,
+            cost_pico=cost_pico,
             holds=tuple(hold_for(scope, scope_limits) for scope, scope_limits in checked),
             state=rate_state(views, demand, admitted=True),
-        )  # fmt: skip
+        )
 
     async def settle(self, reservation: Reservation, tokens: int, cost_pico: int) -> None:
         require_amounts(tokens, cost_pico)

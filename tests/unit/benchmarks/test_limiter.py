@@ -17,9 +17,12 @@ def test_quick_run_reports_every_scenario(tmp_path: Path) -> None:
     require_redis()
     out = tmp_path / "limiter.json"
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.limiter", "--quick", "--out", str(out)], cwd=REPO,
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "benchmarks.limiter", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     report: dict[str, Any] = orjson.loads(out.read_bytes())
 
     scenarios = [(row["backend"], row["callers"]) for row in report["results"]]

@@ -15,9 +15,12 @@ from tests.support.processes import REPO
 
 def run_quick(out: Path) -> dict[str, Any]:
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.overhead", "--quick", "--out", str(out)], cwd=REPO,
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "benchmarks.overhead", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     report: dict[str, Any] = orjson.loads(out.read_bytes())
     return report
 

@@ -18,9 +18,22 @@ APPS, CONVERSATIONS, TURNS = 3, 4, 4
 
 def run_sim(out: Path) -> dict[str, Any]:
     argv = [
-        sys.executable, "-m", "benchmarks.routing", "--engine", "sim", "--rounds", "1", "--apps", str(APPS),
-        "--conversations", str(CONVERSATIONS), "--turns", str(TURNS), "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "benchmarks.routing",
+        "--engine",
+        "sim",
+        "--rounds",
+        "1",
+        "--apps",
+        str(APPS),
+        "--conversations",
+        str(CONVERSATIONS),
+        "--turns",
+        str(TURNS),
+        "--out",
+        str(out),
+    ]
     subprocess.run(argv, cwd=REPO, capture_output=True, timeout=180, check=True)
     report: dict[str, Any] = orjson.loads(out.read_bytes())
     return report

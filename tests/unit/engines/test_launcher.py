@@ -19,15 +19,18 @@ def test_vllm_command_per_replica_with_gpu_placement(tmp_path: Path) -> None:
     spec = load_spec(REPO / "configs" / "gpu-llama.yaml")
     commands = build_commands(spec, tmp_path, python="py")
     assert [c.name for c in commands] == [
-        "llama-3.1-8b-instruct#0", "llama-3.1-8b-instruct#1", "llama-3.1-8b-instruct-tp2#0",
-    ]  # fmt: skip
+        "llama-3.1-8b-instruct#0",
+        "llama-3.1-8b-instruct#1",
+        "llama-3.1-8b-instruct-tp2#0",
+    ]
     first, second, tp2 = commands
     assert first.argv[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
     assert first.argv[first.argv.index("--model") + 1] == "/models/Meta-Llama-3.1-8B-Instruct"
     assert first.argv[first.argv.index("--host") + 1] == "127.0.0.1"
     assert (first.argv[first.argv.index("--port") + 1], second.argv[second.argv.index("--port") + 1]) == (
-        "8100", "8101",
-    )  # fmt: skip
+        "8100",
+        "8101",
+    )
     assert (first.env["CUDA_VISIBLE_DEVICES"], second.env["CUDA_VISIBLE_DEVICES"]) == ("0", "1")
     assert tp2.env["CUDA_VISIBLE_DEVICES"] == "2,3"
     assert tp2.argv[tp2.argv.index("--tensor-parallel-size") + 1] == "2"

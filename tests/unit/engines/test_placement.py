@@ -37,9 +37,10 @@ def test_explicit_choices_win_and_only_launched_cpu_vllm_engines_are_placed() ->
     placed = pool("a", 9000, replicas=2, placement=[ReplicaSpec(cpus="0-3"), ReplicaSpec(cpus="4-7")])
     own_env = pool("b", 9010, replicas=2, env={BIND_VARIABLE: "nobind"})
     others = [
-        pool("gpu", 9020, device="gpu"), pool("sim", 9030, engine="sim"),
+        pool("gpu", 9020, device="gpu"),
+        pool("sim", 9030, engine="sim"),
         PoolSpec(served_name="remote", endpoints=["http://10.0.0.1:8000"]),
-    ]  # fmt: skip
+    ]
     assert cpu_bindings(spec(placed, own_env, *others), cores=range(8)) == {"a#0": "0-3", "a#1": "4-7"}
     # Two engines left to place: they split the cores between them.
     assert cpu_bindings(spec(own_env, pool("c", 9040, replicas=2)), cores=range(4)) == {

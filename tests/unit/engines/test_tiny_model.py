@@ -31,8 +31,9 @@ def test_build_is_deterministic_cached_and_servable(tmp_path: Path) -> None:
     assert config["head_dim"] == HEAD_DIM == 64  # vLLM's CPU attention rejects smaller heads
     tokenizer = AutoTokenizer.from_pretrained(first)
     assert tokenizer.vocab_size <= config["vocab_size"] == len(tokenizer)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello!"}], tokenize=False,
-                                           add_generation_prompt=True)  # fmt: skip
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hello!"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt.startswith("<s><|user|>\nHello!</s>") and prompt.endswith("<|assistant|>\n")
 
 

@@ -14,10 +14,21 @@ GOOD = "Xq3v9Lr0Tz7Kp2Wm5Bn8Cj4Hd6Fg1Ys0Ae"
 
 @pytest.mark.parametrize(
     "token",
-    [None, "", "   ", "changeme", "admin", "secret", "short-but-random-9fK2",
-     "changeme-changeme-changeme-changeme", "adminadminadminadminadminadminadmin", "a" * 64,
-     "please-replace-me-with-a-real-token-0000", "CHANGE_ME_3c1d9f0b27a84e6d9b5c4a3f2e1d0c9b"],
-)  # fmt: skip
+    [
+        None,
+        "",
+        "   ",
+        "changeme",
+        "admin",
+        "secret",
+        "short-but-random-9fK2",
+        "changeme-changeme-changeme-changeme",
+        "adminadminadminadminadminadminadmin",
+        "a" * 64,
+        "please-replace-me-with-a-real-token-0000",
+        "CHANGE_ME_3c1d9f0b27a84e6d9b5c4a3f2e1d0c9b",
+    ],
+)
 def test_production_refuses_a_missing_or_placeholder_admin_token(token: str | None) -> None:
     settings = Settings(environment="production", admin_token=token)
     assert admin_token_problem(settings.admin_token) is not None

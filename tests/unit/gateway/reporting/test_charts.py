@@ -21,11 +21,13 @@ def test_nice_ticks_are_round_and_cover_the_maximum() -> None:
 def test_chart_draws_a_segment_per_day_and_model_and_escapes_names() -> None:
     name = "<script>m</script>"
     usage = DailyUsage(
-        tenant="a<b", period=ReportPeriod.parse("2026-11-01", "2026-11-03"), currency="EUR",
+        tenant="a<b",
+        period=ReportPeriod.parse("2026-11-01", "2026-11-03"),
+        currency="EUR",
         models=[name, "m2"],
         tokens={("2026-11-01", name): 300, ("2026-11-01", "m2"): 100, ("2026-11-03", "m2"): 50},
         cost_pico={("2026-11-01", name): 3, ("2026-11-01", "m2"): 10**12, ("2026-11-03", "m2"): 0},
-    )  # fmt: skip
+    )
     page = render_usage_chart(usage)
     assert "<script>" not in page and "&lt;script&gt;m&lt;/script&gt;" in page and "Usage of a&lt;b" in page
     tokens_svg, cost_svg = re.findall(r"<svg.*?</svg>", page, flags=re.S)

@@ -47,8 +47,11 @@ def test_period_is_whole_utc_days_with_both_ends_included() -> None:
     assert period.end == dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp()
     assert ReportPeriod.parse("2026-11-01", "2026-11-01").end - NOV_1 == DAY
     assert ReportPeriod.parse("2026-12-30", "2027-01-02").days() == [
-        "2026-12-30", "2026-12-31", "2027-01-01", "2027-01-02",
-    ]  # fmt: skip
+        "2026-12-30",
+        "2026-12-31",
+        "2027-01-01",
+        "2027-01-02",
+    ]
     with pytest.raises(InvalidRequestError) as backwards:
         ReportPeriod.parse("2026-11-02", "2026-11-01")
     assert backwards.value.param == "to"
@@ -65,17 +68,39 @@ def test_total_adds_every_line() -> None:
 def test_json_rendering() -> None:
     data = json.loads(render_json(sample_report()))
     assert data == {
-        "object": "usage.report", "tenant": "acme", "from": "2026-11-01", "to": "2026-11-30",
-        "group_by": "model", "currency": "USD",
+        "object": "usage.report",
+        "tenant": "acme",
+        "from": "2026-11-01",
+        "to": "2026-11-30",
+        "group_by": "model",
+        "currency": "USD",
         "data": [
-            {"group": "m1", "requests": 2, "prompt_tokens": 1000, "completion_tokens": 250,
-             "total_tokens": 1250, "cost": "0.000123456789"},
-            {"group": "model-two", "requests": 1, "prompt_tokens": 5, "completion_tokens": 0,
-             "total_tokens": 5, "cost": "1.000000000001"},
+            {
+                "group": "m1",
+                "requests": 2,
+                "prompt_tokens": 1000,
+                "completion_tokens": 250,
+                "total_tokens": 1250,
+                "cost": "0.000123456789",
+            },
+            {
+                "group": "model-two",
+                "requests": 1,
+                "prompt_tokens": 5,
+                "completion_tokens": 0,
+                "total_tokens": 5,
+                "cost": "1.000000000001",
+            },
         ],
-        "total": {"group": "total", "requests": 3, "prompt_tokens": 1005, "completion_tokens": 250,
-                  "total_tokens": 1255, "cost": "1.000123456790"},
-    }  # fmt: skip
+        "total": {
+            "group": "total",
+            "requests": 3,
+            "prompt_tokens": 1005,
+            "completion_tokens": 250,
+            "total_tokens": 1255,
+            "cost": "1.000123456790",
+        },
+    }
 
 
 def test_csv_rendering() -> None:
@@ -125,7 +150,7 @@ async def test_report_totals_reconcile_with_random_ledger_rows(store: SqliteStor
             prompt_tokens=rng.randrange(5000),
             completion_tokens=rng.randrange(5000),
             cost_pico=rng.randrange(10**13),
-        )  # fmt: skip
+        )
         for i in range(400)
     ]
     await store.insert_usage(rows)
@@ -136,9 +161,12 @@ async def test_report_totals_reconcile_with_random_ledger_rows(store: SqliteStor
     for group_by in ("day", "model", "key"):
         report = await reporter.report("acme", period, group_by)
         assert report.total == UsageGroup(
-            "total", len(mine), sum(r.prompt_tokens for r in mine), sum(r.completion_tokens for r in mine),
+            "total",
+            len(mine),
+            sum(r.prompt_tokens for r in mine),
+            sum(r.completion_tokens for r in mine),
             sum(r.cost_pico for r in mine),
-        )  # fmt: skip
+        )
         data = json.loads(render_json(report))
         assert sum(Decimal(line["cost"]) for line in data["data"]) == Decimal(data["total"]["cost"])
     daily = await reporter.daily_by_model("acme", period)

@@ -10,7 +10,7 @@ import httpx
 from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.routing.endpoint import Endpoint
 from gateway.routing.engine_stats import EngineStats, EngineStatsScraper, parse_engine_stats
-from gateway.routing.policies import LeastInflight
+from gateway.routing.policies import LeastLoad
 from gateway.routing.router import Router
 
 VLLM_PAGE = """# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -34,10 +34,10 @@ def test_parses_the_three_gauges_summing_ranks() -> None:
 def test_least_load_avoids_an_engine_busy_with_other_replicas_requests() -> None:
     quiet, busy = Endpoint("m", "http://quiet", inflight=2), Endpoint("m", "http://busy", inflight=1)
     busy.engine_running, busy.engine_waiting = 6, 3  # other gateway replicas' work
-    assert {LeastInflight().choose([quiet, busy]).url for _ in range(4)} == {"http://quiet"}
+    assert {LeastLoad().choose([quiet, busy]).url for _ in range(4)} == {"http://quiet"}
     busy.engine_running = busy.engine_waiting = 0
     busy.kv_usage = 0.9  # a nearly full KV cache counts too
-    assert {LeastInflight().choose([quiet, busy]).url for _ in range(4)} == {"http://quiet"}
+    assert {LeastLoad().choose([quiet, busy]).url for _ in range(4)} == {"http://quiet"}
 
 
 def test_our_own_finished_requests_do_not_linger_in_the_load() -> None:
@@ -48,7 +48,7 @@ def test_our_own_finished_requests_do_not_linger_in_the_load() -> None:
     b.engine_running = 2
     a.inflight, b.inflight = 0, 0  # the burst ended before the next scrape
     assert (a.load(), b.load()) == (0, 1)
-    assert LeastInflight().choose([a, b]) is a  # not the one that merely looked busy a moment ago
+    assert LeastLoad().choose([a, b]) is a  # not the one that merely looked busy a moment ago
 
 
 async def test_scraper_reads_a_real_engine(sim_engine: str) -> None:

@@ -16,9 +16,11 @@ from gateway.routing.pool import EnginePool
 def saturated_pool(max_per_tenant: int = 100, max_total: int = 200, max_wait_s: float = 5) -> EnginePool:
     """One shared engine taking one request at a time, already busy."""
     spec = PoolSpec(
-        served_name="m", endpoints=["http://e0"], max_inflight_per_engine=1,
+        served_name="m",
+        endpoints=["http://e0"],
+        max_inflight_per_engine=1,
         queue=QueueSpec(max_per_tenant=max_per_tenant, max_total=max_total, max_wait_s=max_wait_s),
-    )  # fmt: skip
+    )
     pool = EnginePool.from_spec(spec)
     pool.endpoints[0].inflight = 1
     return pool
@@ -126,7 +128,7 @@ def test_endpoint_comes_back_healthy_serves_waiters() -> None:
         waiter = asyncio.create_task(pool.acquire("a"))
         await settle()
         extra.healthy = True
-        pool.drain()
+        pool.grant_waiting()
         await settle()
         assert waiter.result() is extra
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 from gateway.config.pools import PoolSpec
 from gateway.routing.endpoint import Endpoint
-from gateway.routing.policies import LeastInflight, PrefixAffinity, RoundRobin, affinity_key
+from gateway.routing.policies import LeastLoad, PrefixAffinity, RoundRobin, affinity_key
 from gateway.routing.pool import EnginePool
 
 SYSTEM = "You are a careful assistant. " * 30  # a long, shared system prompt
@@ -24,7 +24,7 @@ def test_round_robin_takes_turns_whatever_the_load() -> None:
 
 def test_least_load_picks_the_idlest() -> None:
     pool = engines(3, 1, 2)
-    assert {LeastInflight().choose(pool).url for _ in range(5)} == {"http://e1"}
+    assert {LeastLoad().choose(pool).url for _ in range(5)} == {"http://e1"}
 
 
 def test_prefix_aware_sticks_to_one_engine_per_key_and_spreads_keys() -> None:
@@ -51,8 +51,13 @@ def test_affinity_keys_follow_sessions_conversations_and_shared_system_prompts()
     turn1 = {
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi, I'm Ann"}]
     }
-    turn2 = {"messages": [*turn1["messages"], {"role": "assistant", "content": "Hello"},
-                          {"role": "user", "content": "What's my name?"}]}  # fmt: skip
+    turn2 = {
+        "messages": [
+            *turn1["messages"],
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "What's my name?"},
+        ]
+    }
     other = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Bonjour"}]}
     assert affinity_key(turn1, None) == affinity_key(turn2, None) != affinity_key(other, None)
     shared_a = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "a"}]}
@@ -68,7 +73,7 @@ def test_the_pool_uses_the_policy_its_spec_names() -> None:
     for name, kind in (
         ("round_robin", RoundRobin),
         ("prefix_aware", PrefixAffinity),
-        ("least_load", LeastInflight),
+        ("least_load", LeastLoad),
     ):
         pool = EnginePool.from_spec(
             PoolSpec(served_name="m", endpoints=["http://a", "http://b"], routing=name)

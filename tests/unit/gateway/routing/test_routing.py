@@ -17,9 +17,12 @@ URLS = ["http://e0", "http://e1", "http://e2"]
 def pool(spill_over: bool = True, max_inflight: int | None = 2) -> EnginePool:
     """e0 is acme's, e1 and e2 are shared."""
     spec = PoolSpec(
-        served_name="m", endpoints=URLS, dedicated={"acme": [0]}, dedicated_spill_over=spill_over,
+        served_name="m",
+        endpoints=URLS,
+        dedicated={"acme": [0]},
+        dedicated_spill_over=spill_over,
         max_inflight_per_engine=max_inflight,
-    )  # fmt: skip
+    )
     return EnginePool.from_spec(spec)
 
 

@@ -15,10 +15,16 @@ T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp()
 
 def row(request_id: str, tenant_id: str, key_id: str, started_at: float, **fields: object) -> UsageRecord:
     values: dict[str, object] = {
-        "model": "m1", "api": "chat.completions", "endpoint": "http://e:1", "prompt_tokens": 10,
-        "completion_tokens": 5, "ended_at": started_at + 1, "ttft_s": 0.25, "cost_pico": 7,
+        "model": "m1",
+        "api": "chat.completions",
+        "endpoint": "http://e:1",
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "ended_at": started_at + 1,
+        "ttft_s": 0.25,
+        "cost_pico": 7,
         "price_version": "m1@2026-01-01",
-    }  # fmt: skip
+    }
     values.update(fields)
     return UsageRecord(request_id, tenant_id, key_id, started_at=started_at, **values)  # type: ignore[arg-type]
 
@@ -112,9 +118,17 @@ async def test_ledger_inserts_are_idempotent(store: Store) -> None:
 
 async def test_every_field_round_trips(store: Store) -> None:
     original = row(
-        "req_x", "ten_a", "key_a", T0 + 0.123456, outcome=Outcome.aborted, http_status=499, ttft_s=None,
-        error_code="engine_error", cost_pico=123_456_789_012, price_version=None,
-    )  # fmt: skip
+        "req_x",
+        "ten_a",
+        "key_a",
+        T0 + 0.123456,
+        outcome=Outcome.aborted,
+        http_status=499,
+        ttft_s=None,
+        error_code="engine_error",
+        cost_pico=123_456_789_012,
+        price_version=None,
+    )
     await store.insert_usage([original])
     assert (await store.list_usage("ten_a")) == [original]
 

@@ -133,9 +133,14 @@ async def test_limit_changes_drop_the_affected_keys_from_the_cache(store: Sqlite
 
 @pytest.mark.parametrize(
     ("values", "param"),
-    [({"rpm": -1}, "rpm"), ({"tpm": True}, "tpm"), ({"monthly_cost_pico": -5}, "monthly_cost"),
-     ({"burst": 1}, "burst"), ({"max_concurrent": 2**63}, "max_concurrent")],
-)  # fmt: skip
+    [
+        ({"rpm": -1}, "rpm"),
+        ({"tpm": True}, "tpm"),
+        ({"monthly_cost_pico": -5}, "monthly_cost"),
+        ({"burst": 1}, "burst"),
+        ({"max_concurrent": 2**63}, "max_concurrent"),
+    ],
+)
 async def test_bad_limits_are_refused_naming_the_field(
     store: SqliteStore, values: dict[str, int], param: str
 ) -> None:

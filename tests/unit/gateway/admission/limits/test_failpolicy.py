@@ -38,9 +38,14 @@ async def nowhere() -> AsyncIterator[str]:
 def held(subject: Subject = ACME) -> Reservation:
     """A reservation as a healthy Redis would have granted it."""
     return Reservation(
-        subject=subject, lease_id="0123456789abcdef", month="2026-11", tokens=100, cost_pico=0,
-        holds=(Hold("tenant", None, lease=True, monthly=True),), state=RateLimitState(),
-    )  # fmt: skip
+        subject=subject,
+        lease_id="0123456789abcdef",
+        month="2026-11",
+        tokens=100,
+        cost_pico=0,
+        holds=(Hold("tenant", None, lease=True, monthly=True),),
+        state=RateLimitState(),
+    )
 
 
 async def test_fail_open_admits_unchecked_counts_and_warns_once(

@@ -21,8 +21,15 @@ ACME = Subject("ten_acme", "key_a")
 ACME_B = Subject("ten_acme", "key_b")
 
 
-async def refused(limiter: Limiter, subject: Subject, limits: Limits, key: Limits | None = None, *,
-                  tokens: int = 0, cost_pico: int = 0) -> LimitExceeded:  # fmt: skip
+async def refused(
+    limiter: Limiter,
+    subject: Subject,
+    limits: Limits,
+    key: Limits | None = None,
+    *,
+    tokens: int = 0,
+    cost_pico: int = 0,
+) -> LimitExceeded:
     with pytest.raises(LimitExceeded) as caught:
         await limiter.admit(subject, limits, key, tokens=tokens, cost_pico=cost_pico)
     return caught.value

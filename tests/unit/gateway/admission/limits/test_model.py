@@ -13,11 +13,23 @@ from gateway.records import LIMIT_NAMES
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [
-        (0, "0s"), (0.0004, "1ms"), (0.02, "20ms"), (0.999, "999ms"), (1, "1s"), (1.5, "1.5s"),
-        (6.885, "6.885s"), (59.9986, "59.999s"), (59.9994, "1m0s"), (60, "1m0s"), (72.5, "1m12.5s"),
-        (360, "6m0s"), (3600, "1h0m0s"), (3723.25, "1h2m3.25s"), (-3, "0s"),
+        (0, "0s"),
+        (0.0004, "1ms"),
+        (0.02, "20ms"),
+        (0.999, "999ms"),
+        (1, "1s"),
+        (1.5, "1.5s"),
+        (6.885, "6.885s"),
+        (59.9986, "59.999s"),
+        (59.9994, "1m0s"),
+        (60, "1m0s"),
+        (72.5, "1m12.5s"),
+        (360, "6m0s"),
+        (3600, "1h0m0s"),
+        (3723.25, "1h2m3.25s"),
+        (-3, "0s"),
     ],
-)  # fmt: skip
+)
 def test_durations_are_written_like_openai_resets(seconds: float, text: str) -> None:
     """Rounded up to the millisecond: a reset never comes earlier than said."""
     assert format_duration(seconds) == text
