@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from gateway.admission.limits import Limits
-from gateway.metering.pricing import to_decimal, to_pico
+from gateway.money import format_amount, to_pico
 from gateway.records import LIMIT_NAMES, ApiKey, LimitValues
 
 COST_FIELD = "monthly_cost"
@@ -82,7 +82,7 @@ def cost_pico(value: object) -> int:
     except ValueError as exc:
         raise LimitValueError(COST_FIELD, f"{exc}, not {value!r}") from None
     if pico > MAX_LIMIT:
-        raise LimitValueError(COST_FIELD, f"must be at most {format_cost(MAX_LIMIT)}, not {value!r}")
+        raise LimitValueError(COST_FIELD, f"must be at most {format_amount(MAX_LIMIT, 2)}, not {value!r}")
     return pico
 
 
@@ -101,18 +101,12 @@ def limit_values(fields: Mapping[str, object]) -> LimitValues:
     return check_limit_values(values)
 
 
-def format_cost(pico: int) -> str:
-    """Picodollars → the shortest exact amount with at least two decimals: ``25.00``, ``0.000125``."""
-    whole, _, fraction = f"{to_decimal(pico):f}".partition(".")
-    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
-
-
 def limit_fields(values: LimitValues) -> dict[str, int | str]:
     """Stored form → as written, in display order; ``monthly_cost`` as a decimal string."""
     fields: dict[str, int | str] = {}
     for name in LIMIT_NAMES:
         if name in values:
-            fields[written_name(name)] = format_cost(values[name]) if name == COST_NAME else values[name]
+            fields[written_name(name)] = format_amount(values[name], 2) if name == COST_NAME else values[name]
     return fields
 
 

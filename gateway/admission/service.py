@@ -10,18 +10,18 @@ so it only happens when a token or cost limit applies.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Mapping
 
 from gateway.admission.limits import Limiter, LimitExceeded, Limits, Reservation, Subject
-from gateway.admission.limits.policy import month_of
 from gateway.admission.tokens import TokenCounter, max_output
 from gateway.inference import EngineCall
-from gateway.metering.pricing import PICO, PriceBook
+from gateway.metering.pricing import PriceBook
 from gateway.metrics import GatewayMetrics
+from gateway.money import PICO
 from gateway.records import Api, ApiKey, LimitValues, UsageRecord
 from gateway.store import Store
+from gateway.utc import month_of, month_start
 
 logger = logging.getLogger(__name__)
 
@@ -154,11 +154,6 @@ class Admission:
 
 def _monthly(values: LimitValues) -> bool:
     return values.get("monthly_tokens") is not None or values.get("monthly_cost_pico") is not None
-
-
-def month_start(month: str) -> float:
-    year, number = (int(part) for part in month.split("-"))
-    return dt.datetime(year, number, 1, tzinfo=dt.UTC).timestamp()
 
 
 def _counts_tokens(limits: Limits) -> bool:

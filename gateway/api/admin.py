@@ -36,7 +36,8 @@ from gateway.records import ApiKey, LimitValues, Tenant, TenantStatus
 from gateway.reporting.charts import render_usage_chart
 from gateway.routing.endpoint import Endpoint
 from gateway.store.base import UNSET, GroupBy, _Unset
-from gateway.tenancy.service import IssuedKey, format_timestamp, parse_limits, parse_timestamp
+from gateway.tenancy.service import IssuedKey, parse_limits
+from gateway.utc import format_timestamp, parse_timestamp
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_caller)])
 

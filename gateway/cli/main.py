@@ -24,7 +24,8 @@ from gateway.server import run_async
 from gateway.settings import Settings, SettingsError
 from gateway.store import Store, StoreError, create_store
 from gateway.store.base import UNSET
-from gateway.tenancy.service import TenancyService, format_timestamp, parse_limits, parse_timestamp
+from gateway.tenancy.service import TenancyService, parse_limits
+from gateway.utc import format_timestamp, parse_timestamp
 
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 StoreCommand = Callable[[argparse.Namespace, Settings, Store], Awaitable[int]]

@@ -17,10 +17,11 @@ from typing import Any
 
 import yaml
 
-PICO = 10**12
+from gateway.money import PICO
+from gateway.utc import day_of, midnight
+
 _PER_MILLION_TO_PICO_PER_TOKEN = PICO // 10**6  # a price per 10^6 tokens → picounits per token
 MAX_DECIMALS = 6
-MAX_AMOUNT_DIGITS = 30  # refuses absurd amounts (1E+999999999) before any arithmetic on them
 
 
 class PriceError(ValueError):
@@ -38,44 +39,12 @@ class Price:
 
     @property
     def version(self) -> str:
-        day = dt.datetime.fromtimestamp(self.effective_at, dt.UTC).date().isoformat()
-        return f"{self.model}@{day}"
+        return f"{self.model}@{day_of(self.effective_at)}"
 
     def cost_pico(self, prompt_tokens: int, completion_tokens: int) -> int:
         prompt = int(self.prompt_per_million * _PER_MILLION_TO_PICO_PER_TOKEN)
         completion = int(self.completion_per_million * _PER_MILLION_TO_PICO_PER_TOKEN)
         return prompt_tokens * prompt + completion_tokens * completion
-
-
-def to_decimal(pico: int) -> Decimal:
-    """Picounits → currency units, exactly."""
-    return Decimal(pico).scaleb(-12)
-
-
-def to_pico(amount: Decimal) -> int:
-    """Currency units → picounits, exactly; ValueError for a negative, non-finite or sub-pico amount
-    (its message says what the amount must be; the caller names the amount).
-
-    Integer arithmetic on the digits: ``Decimal`` operations would round past 28 digits.
-    """
-    sign, digits, exponent = amount.as_tuple()
-    if not isinstance(exponent, int) or (sign and any(digits)):
-        raise ValueError("must be a finite amount ≥ 0")
-    coefficient = int("".join(map(str, digits)) or "0")
-    if coefficient == 0:
-        return 0
-    if amount.adjusted() > MAX_AMOUNT_DIGITS:
-        raise ValueError(f"must be below 10^{MAX_AMOUNT_DIGITS + 1}")
-    shift = exponent + 12  # at most MAX_AMOUNT_DIGITS + 12 here
-    if -shift > len(digits):  # a non-zero coefficient cannot fill that many decimals
-        raise ValueError("must have at most 12 decimals")
-    scale: int = 10 ** abs(shift)
-    if shift >= 0:
-        return coefficient * scale
-    whole, fraction = divmod(coefficient, scale)
-    if fraction:
-        raise ValueError("must have at most 12 decimals")
-    return whole
 
 
 class PriceBook:
@@ -126,7 +95,7 @@ def _effective(entry: dict[str, Any], where: str) -> float:
             raise PriceError(f"{where}: effective must be a date (YYYY-MM-DD)") from exc
     if not isinstance(raw, dt.date):
         raise PriceError(f"{where}: effective must be a date (YYYY-MM-DD)")
-    return dt.datetime(raw.year, raw.month, raw.day, tzinfo=dt.UTC).timestamp()
+    return midnight(raw)
 
 
 def parse_prices(raw: Any, source: str = "prices") -> PriceBook:

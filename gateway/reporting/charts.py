@@ -11,8 +11,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from html import escape
 
-from gateway.metering.pricing import to_decimal
-from gateway.reporting.reports import DailyUsage, format_cost
+from gateway.money import format_amount, to_decimal
+from gateway.reporting.reports import DailyUsage
 
 # Tableau 10: distinguishable, also in greyscale print.
 PALETTE = (
@@ -145,7 +145,7 @@ def _totals_table(usage: DailyUsage) -> str:
         cost[model] += pico
 
     def row(name: str, count: int, pico: int, css: str = "") -> str:
-        return f"<tr{css}><td>{escape(name)}</td><td>{count:,}</td><td>{format_cost(pico)}</td></tr>"
+        return f"<tr{css}><td>{escape(name)}</td><td>{count:,}</td><td>{format_amount(pico)}</td></tr>"
 
     rows = [row(m, tokens[m], cost[m]) for m in usage.models]
     rows.append(row("total", sum(tokens.values()), sum(cost.values()), ' class="total"'))
@@ -167,7 +167,7 @@ def render_usage_chart(usage: DailyUsage) -> str:
         cost,
         f"cost ({usage.currency})",
         False,
-        lambda d, m: f"{format_cost(usage.cost_pico.get((d, m), 0))} {usage.currency}",
+        lambda d, m: f"{format_amount(usage.cost_pico.get((d, m), 0))} {usage.currency}",
     )
     who = escape(usage.tenant or "all tenants")
     span = f"{usage.period.first} to {usage.period.last} (UTC)"

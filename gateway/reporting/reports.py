@@ -12,24 +12,20 @@ import csv
 import io
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 from gateway.errors import InvalidRequestError
-from gateway.metering.pricing import to_decimal
+from gateway.money import format_amount
 from gateway.protocol import UsageLine, UsageReportResponse
 from gateway.records import ApiKey, UsageGroup
 from gateway.store import Store
 from gateway.store.base import GroupBy
 from gateway.tenancy.service import store_errors
+from gateway.utc import day_of, midnight
 
 COST_DECIMALS = 12
 TOTAL = "total"
 _COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
-
-
-def format_cost(pico: int) -> str:
-    """Picodollars → ``"1.234500000000"`` (Decimal formatting: exact, never through a float)."""
-    return f"{to_decimal(pico):.{COST_DECIMALS}f}"
 
 
 def _day(value: str, param: str) -> date:
@@ -37,10 +33,6 @@ def _day(value: str, param: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise InvalidRequestError(f"{value!r} is not a date (YYYY-MM-DD).", param=param) from None
-
-
-def _midnight(day: date) -> float:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +52,12 @@ class ReportPeriod:
     @property
     def start(self) -> float:
         """00:00 UTC of the first day (included)."""
-        return _midnight(self.first)
+        return midnight(self.first)
 
     @property
     def end(self) -> float:
         """00:00 UTC of the day after the last (excluded)."""
-        return _midnight(self.last + timedelta(days=1))
+        return midnight(self.last + timedelta(days=1))
 
     def days(self) -> list[str]:
         count = (self.last - self.first).days + 1
@@ -133,7 +125,7 @@ class UsageReporter:
         tokens: dict[tuple[str, str], int] = defaultdict(int)
         cost: dict[tuple[str, str], int] = defaultdict(int)
         for row in rows:
-            cell = (datetime.fromtimestamp(row.started_at, tz=UTC).date().isoformat(), row.model)
+            cell = (day_of(row.started_at), row.model)
             tokens[cell] += row.prompt_tokens + row.completion_tokens
             cost[cell] += row.cost_pico
         models = sorted({model for _, model in tokens})
@@ -147,7 +139,7 @@ def _line(group: UsageGroup) -> UsageLine:
         prompt_tokens=group.prompt_tokens,
         completion_tokens=group.completion_tokens,
         total_tokens=group.prompt_tokens + group.completion_tokens,
-        cost=format_cost(group.cost_pico),
+        cost=format_amount(group.cost_pico),
     )
 
 

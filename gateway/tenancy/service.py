@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
 
 from gateway.admission.limit_config import LimitValueError, check_limit_values, limit_values
 from gateway.errors import InvalidRequestError, ResourceConflictError, ResourceNotFoundError
@@ -50,25 +49,6 @@ def store_errors() -> Iterator[None]:
         raise ResourceNotFoundError(str(exc)) from exc
     except ConflictError as exc:
         raise ResourceConflictError(str(exc)) from exc
-
-
-def parse_timestamp(value: str, param: str = "expires_at") -> float:
-    """``2027-01-31`` (00:00 UTC) or an ISO-8601 date-time (UTC when it names no zone) → epoch s."""
-    try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequestError(
-            f"{value!r} is not an ISO-8601 date (YYYY-MM-DD) or date-time.", param=param
-        ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def format_timestamp(ts: float) -> str:
-    """Epoch seconds → ``2027-01-31T00:00:00Z``."""
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def check_models(models: Iterable[str] | None) -> frozenset[str] | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from gateway.app import create_app
-from gateway.metering.pricing import to_decimal
+from gateway.money import to_decimal
 from gateway.settings import Settings
 from tests.api.test_gateway import CHAT, auth, ledger
 from tests.conftest import SIM_MODEL, Gateway, pool_spec

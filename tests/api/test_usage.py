@@ -7,7 +7,7 @@ import datetime as dt
 import io
 from decimal import Decimal
 
-from gateway.metering.pricing import to_decimal
+from gateway.money import to_decimal
 from gateway.records import ApiKey, UsageRecord
 from tests.conftest import ADMIN_TOKEN, Gateway
 

@@ -20,8 +20,8 @@ from gateway.admission.limits.model import (
     Reservation,
     Subject,
 )
-from gateway.admission.limits.policy import month_of
 from gateway.errors import LimiterUnavailableError
+from gateway.utc import month_of
 
 logger = logging.getLogger("gateway.admission.limits")
 

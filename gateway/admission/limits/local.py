@@ -14,7 +14,6 @@ from gateway.admission.limits.policy import (
     Demand,
     ScopeView,
     hold_for,
-    month_of,
     new_lease_id,
     rate_state,
     refill,
@@ -25,6 +24,7 @@ from gateway.admission.limits.policy import (
     scopes,
     seeded_scope,
 )
+from gateway.utc import month_of
 
 
 @dataclass(slots=True)

@@ -8,13 +8,12 @@ result, so both report refusals and headers identically.
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import math
 import secrets
 from dataclasses import dataclass
 
 from gateway.admission.limits.model import Hold, LimitExceeded, Limits, Quota, RateLimitState, Reason, Scope
+from gateway.utc import month_end
 
 MINUTE_S = 60.0
 CONCURRENCY_RETRY_S = 1.0  # a slot frees when some request ends: nothing better to promise
@@ -78,18 +77,6 @@ def new_lease_id() -> str:
 def refill(level: float, updated: float, limit: int, now: float) -> float:
     """A bucket's level at ``now``: limit/60 per second since ``updated``, never above ``limit``."""
     return min(float(limit), level + max(0.0, now - updated) * limit / MINUTE_S)
-
-
-def month_of(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m")
-
-
-@functools.lru_cache(maxsize=64)
-def month_end(month: str) -> float:
-    """Epoch seconds at which the month after ``month`` starts (00:00 UTC on its first day)."""
-    year, number = (int(part) for part in month.split("-"))
-    year, number = (year + 1, 1) if number == 12 else (year, number + 1)
-    return dt.datetime(year, number, 1, tzinfo=dt.UTC).timestamp()
 
 
 def _budget_fits(taken: int, need: int, budget: int) -> bool:

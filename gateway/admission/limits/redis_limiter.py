@@ -29,8 +29,6 @@ from gateway.admission.limits.policy import (
     Demand,
     ScopeView,
     hold_for,
-    month_end,
-    month_of,
     new_lease_id,
     rate_state,
     refusal,
@@ -40,6 +38,7 @@ from gateway.admission.limits.policy import (
     scopes,
     seeded_scope,
 )
+from gateway.utc import month_end, month_of
 
 _DAY_S = 86_400.0
 _VIEW_FIELDS = 7  # values the admit script returns per scope

@@ -11,12 +11,12 @@ from gateway.admission.limit_config import (
     LimitValueError,
     cost_pico,
     effective_limits,
-    format_cost,
     limit_fields,
     limit_values,
     load_default_limits,
 )
 from gateway.admission.limits import Limits
+from gateway.money import format_amount
 from gateway.records import ApiKey, LimitValues
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -84,7 +84,7 @@ def test_every_limit_is_read_and_money_becomes_exact_picodollars(tmp_path: Path)
 def test_monthly_cost_converts_exactly(written: str | int, pico: int) -> None:
     """0.29 as a float is 0.28999999999999998: ``int(0.29 * 10**12)`` would be 289999999999."""
     assert cost_pico(written) == pico
-    assert cost_pico(format_cost(pico)) == pico  # and prints back to the same amount
+    assert cost_pico(format_amount(pico, 2)) == pico  # and prints back to the same amount
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_monthly_cost_refuses_what_is_not_an_exact_amount(written: object, messa
 
 
 def test_costs_print_with_at_least_two_decimals_and_no_float_noise() -> None:
-    assert [format_cost(p) for p in (0, 1, 125_000_000, 25 * 10**12, 10**12 + 5 * 10**10)] == [
+    assert [format_amount(p, 2) for p in (0, 1, 125_000_000, 25 * 10**12, 10**12 + 5 * 10**10)] == [
         "0.00",
         "0.000000000001",
         "0.000125",

@@ -17,7 +17,7 @@ from gateway.reporting.reports import (
     ReportPeriod,
     UsageReport,
     UsageReporter,
-    format_cost,
+    format_amount,
     render_csv,
     render_json,
     render_table,
@@ -34,11 +34,11 @@ def sample_report() -> UsageReport:
 
 
 def test_costs_are_printed_exactly_with_twelve_decimals() -> None:
-    assert format_cost(0) == "0.000000000000"
-    assert format_cost(1) == "0.000000000001"
-    assert format_cost(1_234_500_000_000) == "1.234500000000"
+    assert format_amount(0) == "0.000000000000"
+    assert format_amount(1) == "0.000000000001"
+    assert format_amount(1_234_500_000_000) == "1.234500000000"
     big = 123_456_789_012_345_678_901_234  # beyond a float's 53 bits
-    assert format_cost(big) == "123456789012.345678901234"
+    assert format_amount(big) == "123456789012.345678901234"
 
 
 def test_period_is_whole_utc_days_with_both_ends_included() -> None:

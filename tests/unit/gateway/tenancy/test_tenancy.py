@@ -10,7 +10,8 @@ import pytest
 from gateway.errors import InvalidRequestError, ResourceConflictError, ResourceNotFoundError
 from gateway.records import TenantStatus
 from gateway.store.sqlite import SqliteStore
-from gateway.tenancy.service import TenancyService, format_timestamp, parse_timestamp
+from gateway.tenancy.service import TenancyService
+from gateway.utc import format_timestamp, parse_timestamp
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
