@@ -25,7 +25,6 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from engines.models import minilm_path
 from engines.tiny_model import build_tiny_model
 from gateway.admission.tokens import (
     EXACT_LIMIT_CHARS,
@@ -34,6 +33,7 @@ from gateway.admission.tokens import (
     PromptCounter,
     TiktokenCounter,
 )
+from gateway.config.models import minilm_path
 from gateway.records import Api
 
 REPO = Path(__file__).resolve().parents[1]

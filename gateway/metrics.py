@@ -18,99 +18,108 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        self._add_requests_metrics()
+        self._add_engines_metrics()
+        self._add_limits_metrics()
+        self._add_queues_metrics()
+
+    def _add_requests_metrics(self) -> None:
+        """Traffic, tokens and latency per tenant and model."""
+        self.requests = self._counter(
             "gateway_requests",
             "Requests answered, by tenant, model and HTTP status.",
-            ["tenant", "model", "status"],
-            registry=self.registry,
+            "tenant",
+            "model",
+            "status",
         )
-        self.tokens = Counter(
+        self.tokens = self._counter(
             "gateway_tokens",
             "Tokens metered, by tenant, model and kind (prompt or completion).",
-            ["tenant", "model", "kind"],
-            registry=self.registry,
+            "tenant",
+            "model",
+            "kind",
         )
-        self.request_duration = Histogram(
+        self.request_duration = self._histogram(
             "gateway_request_duration_seconds",
             "Time from request received to response ended.",
-            ["tenant", "model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            "tenant",
+            "model",
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = self._histogram(
             "gateway_time_to_first_token_seconds",
             "Time from request received to first token sent.",
-            ["tenant", "model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            "tenant",
+            "model",
         )
-        self.inflight = Gauge(
-            "gateway_inflight_requests",
-            "Requests being served now, by model.",
-            ["model"],
-            registry=self.registry,
+        self.inflight = self._gauge(
+            "gateway_inflight_requests", "Requests being served now, by model.", "model"
         )
-        self.engine_up = Gauge(
+
+    def _add_engines_metrics(self) -> None:
+        """What the gateway sees of its engines."""
+        self.engine_up = self._gauge(
             "gateway_engine_up",
             "1 when the engine endpoint passes health checks, else 0.",
-            ["model", "endpoint"],
-            registry=self.registry,
+            "model",
+            "endpoint",
         )
-        self.engine_ejections = Counter(
+        self.engine_ejections = self._counter(
             "gateway_engine_ejections",
             "Engines taken out of rotation after failed requests in a row.",
-            ["model"],
-            registry=self.registry,
+            "model",
         )
-        self.auth_failures = Counter(
-            "gateway_auth_failures",
-            "Requests refused for a missing, wrong, revoked or expired key.",
-            registry=self.registry,
+
+    def _add_limits_metrics(self) -> None:
+        """Refusals: keys, limits, budgets; and the ledger's write failures."""
+        self.auth_failures = self._counter(
+            "gateway_auth_failures", "Requests refused for a missing, wrong, revoked or expired key."
         )
-        self.ratelimited = Counter(
+        self.ratelimited = self._counter(
             "gateway_ratelimited",
             "Requests refused by a limit, by tenant and reason "
             "(requests, tokens, concurrency, monthly_tokens, monthly_cost).",
-            ["tenant", "reason"],
-            registry=self.registry,
+            "tenant",
+            "reason",
         )
-        self.limiter_failures = Counter(
-            "gateway_limiter_failures",
-            "Shared limiter (Redis) calls that failed, by operation.",
-            ["operation"],
-            registry=self.registry,
+        self.limiter_failures = self._counter(
+            "gateway_limiter_failures", "Shared limiter (Redis) calls that failed, by operation.", "operation"
         )
-        self.budget_remaining = Gauge(
+        self.budget_remaining = self._gauge(
             "gateway_budget_remaining",
             "What is left of each tenant's monthly budget, by kind "
             "(tokens, or cost in the price table's currency).",
-            ["tenant", "kind"],
-            registry=self.registry,
+            "tenant",
+            "kind",
         )
-        self.ledger_failures = Counter(
-            "gateway_ledger_write_failures",
-            "Ledger batch writes that failed and were retried.",
-            registry=self.registry,
+        self.ledger_failures = self._counter(
+            "gateway_ledger_write_failures", "Ledger batch writes that failed and were retried."
         )
-        self.queue_depth = Gauge(
-            "gateway_queue_depth",
-            "Requests waiting for a saturated pool's engines, by model.",
-            ["model"],
-            registry=self.registry,
+
+    def _add_queues_metrics(self) -> None:
+        """Saturated pools' fair queues."""
+        self.queue_depth = self._gauge(
+            "gateway_queue_depth", "Requests waiting for a saturated pool's engines, by model.", "model"
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = self._histogram(
             "gateway_queue_wait_seconds",
             "Time a request waited in a pool's fair queue before an engine.",
-            ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            "model",
         )
-        self.queue_rejected = Counter(
+        self.queue_rejected = self._counter(
             "gateway_queue_rejected",
             "Requests refused by a saturated pool's queue, by model and reason (tenant_full, full, timeout).",
-            ["model", "reason"],
-            registry=self.registry,
+            "model",
+            "reason",
         )
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self.registry)
+
+    def _histogram(self, name: str, documentation: str, *labels: str) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
 
     def observe_request(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,31 @@ from gateway.tenancy.auth import generate_key
 from tests.support.processes import Process, start_sim
 
 SIM_MODEL = "sim-model"
+TESTS = Path(__file__).parent
+# Each tier's marker and per-test time limit (seconds), from the folder a test lives in.
+TIERS = {"unit": 30, "api": 120, "e2e": 1200}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests never read the developer's own ``GATEWAY_*`` settings: a ``GATEWAY_PORT`` or
+    ``GATEWAY_DATABASE_URL`` exported for a manual run must not change what a test starts or
+    where it writes. Only the ``GATEWAY_TEST_*`` variables (which servers to test against) stay."""
+    for name in [n for n in os.environ if n.startswith("GATEWAY_") and not n.startswith("GATEWAY_TEST_")]:
+        del os.environ[name]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (``-m unit``, ``-m api``, ``-m e2e``) and give it the tier's
+    time limit unless it sets its own ``@pytest.mark.timeout``."""
+    for item in items:
+        tier = item.path.relative_to(TESTS).parts[0]
+        if tier not in TIERS:
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIERS[tier]))
+
+
 ADMIN_TOKEN = "test-admin-token-0123456789abcdefghijklmnop"
 
 

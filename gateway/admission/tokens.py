@@ -77,6 +77,7 @@ from gateway.admission.chat_template import (
     render_chat,
     special_token_variables,
 )
+from gateway.config.models import local_model_dir
 from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.records import Api
 
@@ -90,7 +91,6 @@ LONG_PROMPT_MARGIN = 1.1
 # HeuristicCounter's measured ratios (see the module docstring).
 CHARS_PER_TOKEN = 2.9
 NON_ASCII_BYTES_PER_TOKEN = 2.5
-BUILTIN = "builtin:"  # engines.models' prefix for the models this project provides
 _ASCII_BYTES = bytes(range(128))
 
 # cl100k_base's split pattern (tiktoken_ext.openai_public): what ``tiktoken:<ranks file>`` uses.
@@ -341,26 +341,6 @@ def load_counter(tokenizer: str) -> TokenCounter:
         raise
     except Exception as exc:  # OSError, JSON errors, and whatever tokenizers raises for a bad file
         raise TokenizerConfigError(f"tokenizer {tokenizer!r} cannot be loaded: {exc}") from exc
-
-
-def local_model_dir(model: str, data_dir: Path) -> Path | None:
-    """The pool model's directory if it is on this machine already; never builds nor downloads."""
-    if not model.startswith(BUILTIN):
-        path = Path(model).expanduser()
-        return path if path.is_dir() else None
-    try:
-        # Deferred: engines.models needs numpy and safetensors, which a gateway-only install lacks
-        # (and there the built-in models are not on this machine anyway).
-        from engines import models, tiny_model
-    except ImportError:
-        return None
-    if model in models.LLAMA_SHAPES:
-        directory = models.llama_dir(model, data_dir)  # where resolve_model_source builds it
-        return directory if tiny_model.is_complete(directory, models.LLAMA_SHAPES[model]) else None
-    try:
-        return models.minilm_path() if model == models.MINILM else None
-    except models.ModelSourceError:
-        return None
 
 
 def counter_for(pool: PoolSpec, data_dir: Path) -> TokenCounter:

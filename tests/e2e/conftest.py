@@ -25,8 +25,8 @@ from tests.support.processes import REPO, Process, free_port
 TINY = "tiny-llama"
 MINILM = "minilm"
 ENGINE_READY_TIMEOUT_S = 900.0
-# Shared with the developer's `gateway up` so the tiny model is built once per machine.
-DATA_DIR = Path(os.environ.get("GATEWAY_DATA_DIR", REPO / "data"))
+# Shared with the developer's `gateway up` (./data) so the tiny model is built once per machine.
+DATA_DIR = Path(os.environ.get("GATEWAY_TEST_DATA_DIR", REPO / "data"))
 
 
 @dataclass

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 
 from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
 from tests.e2e.conftest import start_gateway
 from tests.support.processes import start_sim
-
-pytestmark = pytest.mark.e2e
 
 MODEL = "sim-crash"
 

@@ -14,8 +14,6 @@ from tests.e2e.conftest import start_gateway
 from tests.support.metrics import total
 from tests.support.processes import start_sim
 
-pytestmark = pytest.mark.e2e
-
 MODEL = "sim-slow"
 
 

@@ -12,8 +12,6 @@ from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
 from tests.e2e.conftest import MINILM, Engine, GatewayProcess, start_gateway
 
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture(scope="module")
 def embedding_gateway(

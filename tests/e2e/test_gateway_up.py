@@ -20,8 +20,6 @@ import yaml
 
 from tests.support.processes import REPO, Process, free_port
 
-pytestmark = pytest.mark.e2e
-
 READY_TIMEOUT_S = 600  # model build, engine load (about a minute), gateway start
 
 

@@ -18,8 +18,6 @@ from tests.e2e.conftest import start_gateway
 from tests.support.postgres import require_postgres, temporary_schema
 from tests.support.processes import start_sim
 
-pytestmark = pytest.mark.e2e
-
 MODEL = "sim-outage"
 RATE_PER_S = 40
 LOAD_S = 12.0

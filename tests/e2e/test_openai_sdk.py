@@ -13,8 +13,6 @@ from gateway.records import Outcome
 from tests.e2e.conftest import TINY, Engine, GatewayProcess
 from tests.support.metrics import sample
 
-pytestmark = pytest.mark.e2e
-
 MESSAGES = [{"role": "user", "content": "Tell me a story about a cat."}]
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
@@ -26,8 +25,6 @@ from tests.support.metrics import sample, total
 from tests.support.postgres import require_postgres, temporary_schema
 from tests.support.processes import Process, start_sim
 from tests.support.redis import delete_prefix, redis_url, require_redis
-
-pytestmark = pytest.mark.e2e
 
 MODEL = "sim-mixed"
 CAPPED_RPM = 20

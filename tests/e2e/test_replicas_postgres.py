@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from gateway.config.pools import PoolSpec
 from gateway.store.postgres import PostgresStore
@@ -16,8 +15,6 @@ from tests.e2e.conftest import GatewayProcess, start_gateway
 from tests.support.metrics import sample
 from tests.support.postgres import require_postgres, temporary_schema
 from tests.support.processes import Process, start_sim
-
-pytestmark = pytest.mark.e2e
 
 MODEL = "sim-replicas"
 REQUESTS = 300

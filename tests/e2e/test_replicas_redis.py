@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
@@ -17,8 +16,6 @@ from tests.support.metrics import sample
 from tests.support.postgres import require_postgres, temporary_schema
 from tests.support.processes import Process, start_sim
 from tests.support.redis import redis_url, require_redis
-
-pytestmark = pytest.mark.e2e
 
 MODEL = "sim-burst"
 RPM = 30

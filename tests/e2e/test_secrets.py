@@ -6,13 +6,10 @@ import secrets
 from pathlib import Path
 
 import httpx
-import pytest
 
 from gateway.config.pools import PoolSpec
 from tests.e2e.conftest import start_gateway
 from tests.support.processes import start_sim
-
-pytestmark = pytest.mark.e2e
 
 MODEL = "sim-secrets"
 

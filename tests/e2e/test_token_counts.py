@@ -5,14 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from gateway.admission.tokens import TokenCounter, build_counters
 from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.records import Api
 from tests.e2e.conftest import DATA_DIR, MINILM, TINY, Engine
-
-pytestmark = pytest.mark.e2e
 
 CHATS: list[list[dict[str, Any]]] = [
     [{"role": "user", "content": "Tell me a story about a cat."}],

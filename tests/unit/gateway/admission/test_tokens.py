@@ -11,7 +11,6 @@ import pytest
 from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from engines.models import minilm_path
 from engines.tiny_model import build_tiny_model
 from gateway.admission.chat_template import normalize_messages
 from gateway.admission.tokens import (
@@ -25,6 +24,7 @@ from gateway.admission.tokens import (
     max_output,
     split_inputs,
 )
+from gateway.config.models import minilm_path
 from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.records import Api
 

@@ -16,8 +16,8 @@ import pytest
 
 from gateway.store import StoreError, create_store
 from gateway.store.postgres import MIGRATIONS, PostgresStore, conninfo, with_search_path
+from tests.api.store.test_contract import T0, row
 from tests.support.postgres import require_postgres, temporary_schema
-from tests.unit.gateway.store.test_contract import T0, row
 
 
 @pytest.fixture
