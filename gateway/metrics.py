@@ -111,6 +111,13 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=self.registry,
         )
+        self.background_task_restarts = Counter(
+            "gateway_background_task_restarts",
+            "Background tasks that crashed and were restarted by the supervisor, by task "
+            "(ledger, health, engine-stats, discovery, drains, budgets).",
+            ["task"],
+            registry=self.registry,
+        )
 
     def observe_request(
         self,

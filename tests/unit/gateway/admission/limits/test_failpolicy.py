@@ -21,9 +21,9 @@ from gateway.admission.limits import (
     create_limiter,
 )
 from gateway.errors import LimiterUnavailableError
+from tests.support.clock import FakeClock
 from tests.support.processes import free_port
 from tests.support.redis import redis_url, require_redis, temporary_prefix
-from tests.unit.gateway.admission.limits.conftest import FakeClock
 
 ACME = Subject("ten_acme", "key_a")
 LIMITS = Limits(rpm=10, max_concurrent=2, monthly_tokens=1000)

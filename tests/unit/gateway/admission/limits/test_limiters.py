@@ -15,7 +15,8 @@ from gateway.admission.limits import (
     Reservation,
     Subject,
 )
-from tests.unit.gateway.admission.limits.conftest import LEASE_TTL_S, FakeClock
+from tests.support.clock import FakeClock
+from tests.unit.gateway.admission.limits.conftest import LEASE_TTL_S
 
 ACME = Subject("ten_acme", "key_a")
 ACME_B = Subject("ten_acme", "key_b")
