@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -15,10 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.admission.limit_config import load_default_limits
-from gateway.admission.limits import create_limiter
+from gateway.admission.limits import Limiter, create_limiter
 from gateway.admission.service import Admission
 from gateway.admission.tokens import build_counters
 from gateway.api import admin, openai, ops, usage
+from gateway.clock import Clock, monotonic
 from gateway.config.pools import DeploymentSpec, load_spec
 from gateway.errors import (
     GatewayError,
@@ -41,54 +43,32 @@ from gateway.serving.upstream import UpstreamClient, create_session
 from gateway.settings import Settings
 from gateway.state import GatewayState
 from gateway.store import Store, create_store
+from gateway.supervisor import Supervisor
 from gateway.tenancy.auth import Authenticator
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, spec: DeploymentSpec | None = None, store: Store | None = None) -> FastAPI:
-    """Build the gateway app. ``spec`` and ``store`` default to what ``settings`` names."""
+def create_app(
+    settings: Settings,
+    spec: DeploymentSpec | None = None,
+    store: Store | None = None,
+    *,
+    clock: Clock = monotonic,
+) -> FastAPI:
+    """Build the gateway app. ``spec`` and ``store`` default to what ``settings`` names; ``clock``
+    is what routing, ejection and the supervisor tell time by (tests pass a fake one)."""
     settings.check_startup()  # e.g. production without a real admin token: refuse now
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await _build_state(settings, spec or load_spec(settings.config_path), store)
-        app.state.gateway = state
-        discovery = EndpointDiscovery.from_spec(
-            state.spec, state.router, state.health, state.session, settings.discovery_interval_s
-        )
-        await discovery.refresh()  # discovered engines are known before the first health check
-        await state.drains.sync()  # engines drained through other replicas stay drained here
-        await state.health.check_all()  # no traffic to an engine before its first check
-        await _seed_budgets(state)
-        tasks = [
-            asyncio.create_task(state.health.run(), name="health"),
-            asyncio.create_task(state.ledger.run(), name="ledger"),
-            asyncio.create_task(discovery.run(), name="discovery"),
-            asyncio.create_task(state.drains.run(), name="drains"),
-            asyncio.create_task(
-                EngineStatsScraper(
-                    state.router, state.session, settings.engine_stats_interval_s, settings.health_timeout_s
-                ).run(),
-                name="engine-stats",
-            ),
-            asyncio.create_task(
-                state.admission.publish_budgets(state.store, settings.budget_refresh_s), name="budgets"
-            ),
-        ]
-        try:
+        # Everything opened is closed by the stack, in reverse: a start that fails halfway closes
+        # exactly what it had opened (the journal's lock too, so a retry can take the directory).
+        async with contextlib.AsyncExitStack() as stack:
+            state = await _open_state(stack, settings, spec or load_spec(settings.config_path), store, clock)
+            app.state.gateway = state
+            await _start(stack, state)
             yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await state.admission.wait_settled()
-            await state.admission.close()
-            await state.ledger.close()
-            await state.session.close()
-            await state.drains.close()
-            await state.store.close()
-            state.journal.close()
 
     app = FastAPI(title="model gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(openai.router)
@@ -102,32 +82,40 @@ def create_app(settings: Settings, spec: DeploymentSpec | None = None, store: St
     return app
 
 
-async def _build_state(settings: Settings, spec: DeploymentSpec, store: Store | None) -> GatewayState:
-    prices = _prices(settings)
-    journal = Journal(settings.journal_path(), fsync=settings.journal_fsync)
-    leftovers = journal.open()
-    store = store or create_store(settings.database_url)
-    await store.open()
-    metrics = GatewayMetrics()
+async def _open_state(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    spec: DeploymentSpec,
+    store: Store | None,
+    clock: Clock,
+) -> GatewayState:
+    """Open every resource, each close pushed on ``stack`` as it is opened."""
+    prices = _prices(settings)  # configuration first: a typo fails before anything is opened
+    defaults = load_default_limits(settings.limits_path)
+    counters = build_counters(spec, settings.data_dir)
+    journal, leftovers, store = await _open_storage(stack, settings, store)
     session = create_session()
-    router = Router.from_spec(spec, metrics)
-    ejection = EjectionPolicy(
-        settings.eject_after_failures, settings.eject_cooldown_s, settings.eject_max_cooldown_s
+    stack.push_async_callback(session.close)
+    metrics = GatewayMetrics()
+    limiter = _limiter(settings, metrics)
+    stack.push_async_callback(limiter.aclose)
+    admission = Admission(limiter, counters, prices, defaults, metrics, settings.default_max_tokens)
+    stack.push_async_callback(admission.wait_settled)  # settlements in flight, before the limiter closes
+    router = Router.from_spec(spec, metrics, clock)
+    drains = Drains(
+        create_drain_board(settings.redis_url, settings.redis_prefix), router, settings.drain_sync_interval_s
     )
-    health = HealthChecker(
-        router, session, metrics, settings.health_interval_s, settings.health_timeout_s, ejection
-    )
+    stack.push_async_callback(drains.close)
     ledger = LedgerWriter(
         store, journal, metrics, settings.ledger_flush_interval_s, settings.ledger_batch_size
     )
+    stack.push_async_callback(ledger.close)  # the last rows, while the store and journal are open
     meter = Meter(ledger, journal, prices, metrics, known_models=set(router.pools))
-    admission = _admission(settings, spec, prices, metrics)
     _recover(journal, meter, leftovers)
+    health = _health_checker(settings, router, session, metrics, clock)
     upstream = UpstreamClient(
         session, settings.connect_timeout_s, settings.request_timeout_s, settings.first_token_timeout_s
     )
-    proxy = ProxyService(router, upstream, health, admission, meter, metrics, settings.max_body_bytes)
-    board = create_drain_board(settings.redis_url, settings.redis_prefix)
     return GatewayState(
         settings=settings,
         spec=spec,
@@ -138,13 +126,57 @@ async def _build_state(settings: Settings, spec: DeploymentSpec, store: Store | 
         health=health,
         authenticator=Authenticator(store, settings.auth_cache_ttl_s),
         ledger=ledger,
-        proxy=proxy,
+        proxy=ProxyService(router, upstream, health, admission, meter, metrics, settings.max_body_bytes),
         journal=journal,
         prices=prices,
         meter=meter,
         admission=admission,
-        drains=Drains(board, router, settings.drain_sync_interval_s),
+        drains=drains,
+        supervisor=Supervisor(metrics, clock=clock),
     )
+
+
+async def _open_storage(
+    stack: contextlib.AsyncExitStack, settings: Settings, store: Store | None
+) -> tuple[Journal, list[dict[str, object]], Store]:
+    """The journal (and what the last process left in it), then the store. Each close is pushed
+    before its open: it is safe on one whose open failed partway, and frees what that took (the
+    journal's lock, the SQLite store's thread)."""
+    journal = Journal(settings.journal_path(), fsync=settings.journal_fsync)
+    stack.callback(journal.close)
+    leftovers = journal.open()
+    store = store or create_store(settings.database_url)
+    stack.push_async_callback(store.close)
+    await store.open()
+    return journal, leftovers, store
+
+
+async def _start(stack: contextlib.AsyncExitStack, state: GatewayState) -> None:
+    """Learn the engines' state before the first request, then start the background tasks."""
+    settings = state.settings
+    discovery = EndpointDiscovery.from_spec(
+        state.spec, state.router, state.health, state.session, settings.discovery_interval_s
+    )
+    await discovery.refresh()  # discovered engines are known before the first health check
+    await state.drains.sync()  # engines drained through other replicas stay drained here
+    await state.health.check_all()  # no traffic to an engine before its first check
+    await _seed_budgets(state)
+    supervisor = state.supervisor
+    supervisor.add("ledger", state.ledger.flush_when_due, 0.0, critical=True)  # paces itself
+    supervisor.add(
+        "health", state.health.check_round, state.health.interval_s, critical=True, wait_first=True
+    )
+    if discovery.enabled:
+        supervisor.add("discovery", discovery.refresh, discovery.interval_s, wait_first=True)
+    supervisor.add("drains", state.drains.sync, state.drains.interval_s, wait_first=True)
+    scraper = EngineStatsScraper(
+        state.router, state.session, settings.engine_stats_interval_s, settings.health_timeout_s
+    )
+    supervisor.add("engine-stats", scraper.scrape_all, scraper.interval_s)
+    supervisor.add(
+        "budgets", functools.partial(state.admission.publish_budgets, state.store), settings.budget_refresh_s
+    )
+    await stack.enter_async_context(supervisor)  # stopped first, before what its tasks use closes
 
 
 async def _seed_budgets(state: GatewayState) -> None:
@@ -159,19 +191,29 @@ async def _seed_budgets(state: GatewayState) -> None:
         logger.info("seeded this month's budget counters of %d tenants/keys from the ledger", seeded)
 
 
-def _admission(
-    settings: Settings, spec: DeploymentSpec, prices: PriceBook, metrics: GatewayMetrics
-) -> Admission:
-    limiter = create_limiter(
+def _limiter(settings: Settings, metrics: GatewayMetrics) -> Limiter:
+    return create_limiter(
         settings.redis_url,
         settings.limiter_fail_open,
         lease_ttl_s=settings.limiter_lease_ttl_s,
         prefix=settings.redis_prefix + "limits:",
         on_error=lambda operation: metrics.limiter_failures.labels(operation).inc(),
     )
-    counters = build_counters(spec, settings.data_dir)
-    defaults = load_default_limits(settings.limits_path)
-    return Admission(limiter, counters, prices, defaults, metrics, settings.default_max_tokens)
+
+
+def _health_checker(
+    settings: Settings,
+    router: Router,
+    session: aiohttp.ClientSession,
+    metrics: GatewayMetrics,
+    clock: Clock,
+) -> HealthChecker:
+    ejection = EjectionPolicy(
+        settings.eject_after_failures, settings.eject_cooldown_s, settings.eject_max_cooldown_s
+    )
+    return HealthChecker(
+        router, session, metrics, settings.health_interval_s, settings.health_timeout_s, ejection, clock
+    )
 
 
 def _prices(settings: Settings) -> PriceBook:

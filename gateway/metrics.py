@@ -111,6 +111,13 @@ class GatewayMetrics:
             "model",
             "reason",
         )
+        self.background_task_restarts = Counter(
+            "gateway_background_task_restarts",
+            "Background tasks that crashed and were restarted by the supervisor, by task "
+            "(ledger, health, engine-stats, discovery, drains, budgets).",
+            ["task"],
+            registry=self.registry,
+        )
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, labels, registry=self.registry)

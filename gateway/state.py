@@ -18,6 +18,7 @@ from gateway.routing.router import Router
 from gateway.serving.proxy import ProxyService
 from gateway.settings import Settings
 from gateway.store import Store
+from gateway.supervisor import Supervisor
 from gateway.tenancy.auth import Authenticator
 
 
@@ -38,3 +39,4 @@ class GatewayState:
     meter: Meter
     admission: Admission
     drains: Drains
+    supervisor: Supervisor  # the background tasks (``/health?scope=gateway`` reads it)

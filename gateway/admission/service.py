@@ -131,22 +131,18 @@ class Admission:
                     seeded += 1
         return seeded
 
-    async def publish_budgets(self, store: Store, interval_s: float) -> None:
-        """Keep ``gateway_budget_remaining`` current for every tenant with a monthly budget."""
-        while True:
-            try:
-                for tenant in await store.list_tenants():
-                    limits = self._tenant_limits(tenant.limits)
-                    if not limits.monthly:
-                        continue
-                    left = await self._limiter.remaining_budget(tenant.id, limits)
-                    if left.tokens is not None:
-                        self._metrics.budget_remaining.labels(tenant.name, "tokens").set(left.tokens)
-                    if left.cost_pico is not None:
-                        self._metrics.budget_remaining.labels(tenant.name, "cost").set(left.cost_pico / PICO)
-            except Exception:  # a store or Redis outage: try again next round
-                logger.warning("could not refresh the budget gauges", exc_info=True)
-            await asyncio.sleep(interval_s)
+    async def publish_budgets(self, store: Store) -> None:
+        """Set ``gateway_budget_remaining`` for every tenant with a monthly budget: one background
+        round (``gateway.supervisor`` runs it, and logs, counts and retries a store or Redis outage)."""
+        for tenant in await store.list_tenants():
+            limits = self._tenant_limits(tenant.limits)
+            if not limits.monthly:
+                continue
+            left = await self._limiter.remaining_budget(tenant.id, limits)
+            if left.tokens is not None:
+                self._metrics.budget_remaining.labels(tenant.name, "tokens").set(left.tokens)
+            if left.cost_pico is not None:
+                self._metrics.budget_remaining.labels(tenant.name, "cost").set(left.cost_pico / PICO)
 
     def _tenant_limits(self, values: LimitValues | None) -> Limits:
         return self._parse(values) if values is not None else self._defaults

@@ -17,16 +17,21 @@ router = APIRouter()
 async def health(state: StateDep, scope: Literal["engines", "gateway"] = "engines") -> Response:
     """200 while every model has at least one healthy engine, else 503 (with the details).
 
-    ``scope=gateway``: 200 whenever this process serves, for a readiness probe: taking every
-    gateway pod out of its Service because one model's engines are down would stop all models.
+    ``scope=gateway``, for a readiness probe: 200 while this process serves, whatever its engines
+    do (taking every gateway pod out of its Service because one model's engines are down would
+    stop all models); 503 while a critical background task (the ledger writer, the health checks)
+    has crashed and not yet recovered, named in ``critical_tasks_down``.
     """
     models = {
         name: {"healthy": sum(e.healthy for e in pool.endpoints), "total": len(pool.endpoints)}
         for name, pool in state.router.pools.items()
     }
     ready = all(m["healthy"] > 0 for m in models.values())
-    status_code = 200 if ready or scope == "gateway" else 503
-    return JSONResponse({"status": "ok" if ready else "degraded", "models": models}, status_code=status_code)
+    body: dict[str, object] = {"status": "ok" if ready else "degraded", "models": models}
+    if scope == "engines":
+        return JSONResponse(body, status_code=200 if ready else 503)
+    down = state.supervisor.critical_down()
+    return JSONResponse(body | {"critical_tasks_down": down}, status_code=503 if down else 200)
 
 
 @router.get("/metrics")

@@ -7,6 +7,7 @@ cancelled task; rows are written to the store in batches by ``LedgerWriter``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 
@@ -39,9 +40,8 @@ class LedgerWriter:
         self._batch_size = batch_size
         self._pending: deque[UsageRecord] = deque()
         self._wakeup = asyncio.Event()
-        self._closing = False
         # One flush at a time: two would write the same batch and then each pop it, dropping
-        # unwritten rows from the queue (``close`` and callers may flush while ``run`` does).
+        # unwritten rows from the queue (``close`` and callers may flush while ``flush_when_due`` does).
         self._flushing = asyncio.Lock()
 
     def submit(self, record: UsageRecord) -> None:
@@ -53,15 +53,13 @@ class LedgerWriter:
     def pending(self) -> int:
         return len(self._pending)
 
-    async def run(self) -> None:
-        """Flush every interval (or sooner when a batch fills) until ``close``."""
-        while not self._closing:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._interval_s)
-            except TimeoutError:
-                pass
-            self._wakeup.clear()
-            await self.flush()
+    async def flush_when_due(self) -> None:
+        """One background round (``gateway.supervisor`` runs it back to back): wait for the
+        interval to pass or a batch to fill, then flush."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=self._interval_s)
+        self._wakeup.clear()
+        await self.flush()
 
     async def flush(self) -> None:
         async with self._flushing:
@@ -82,9 +80,7 @@ class LedgerWriter:
             self._journal.committed(batch)
 
     async def close(self) -> None:
-        """Stop the loop and write what is left (one final attempt)."""
-        self._closing = True
-        self._wakeup.set()
+        """Write what is left (one final attempt), once the supervisor has stopped the rounds."""
         await self.flush()
         if self._pending:
             logger.error(

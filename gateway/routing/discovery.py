@@ -6,8 +6,8 @@ Each pool with ``discovery`` in the spec gets one ``EndpointSource`` (chosen by 
   with the pod's service-account token (RBAC: ``get``/``list`` on ``endpointslices``);
 - ``dns``: the A/AAAA records of a name, e.g. a headless Service's.
 
-``EndpointDiscovery.run`` refreshes every pool in the background and hands the result to
-``EnginePool.update_endpoints``: engines that stay keep their state, new ones wait for the
+``EndpointDiscovery.refresh`` looks every pool up (a supervised background round) and hands the
+result to ``EnginePool.update_endpoints``: engines that stay keep their state, new ones wait for the
 health checker (checked at once, so they take traffic within one probe), removed ones get no new
 requests. A failed lookup keeps the endpoints the pool has: an API server or DNS outage must not
 empty a pool whose engines still answer. The request path never waits on any of this.
@@ -184,7 +184,7 @@ class EndpointDiscovery:
         self._sources = sources
         self._router = router
         self._health = health
-        self._interval_s = interval_s
+        self.interval_s = interval_s
 
     @classmethod
     def from_spec(
@@ -200,16 +200,15 @@ class EndpointDiscovery:
         }
         return cls(sources, router, health, interval_s)
 
-    async def refresh(self) -> None:
-        """Look every pool up once; a failed lookup is logged and changes nothing."""
-        await asyncio.gather(*(self._refresh(model, source) for model, source in self._sources.items()))
+    @property
+    def enabled(self) -> bool:
+        """Whether any pool is discovered (else there is nothing to refresh in the background)."""
+        return bool(self._sources)
 
-    async def run(self) -> None:
-        if not self._sources:
-            return
-        while True:
-            await asyncio.sleep(self._interval_s)
-            await self.refresh()
+    async def refresh(self) -> None:
+        """Look every pool up once; a failed lookup is logged and changes nothing. The background
+        round (``gateway.supervisor`` runs it every ``interval_s``)."""
+        await asyncio.gather(*(self._refresh(model, source) for model, source in self._sources.items()))
 
     async def _refresh(self, model: str, source: EndpointSource) -> None:
         try:

@@ -14,7 +14,6 @@ replica on purpose: each replica judges the failures it sees itself, as Envoy's 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Protocol
@@ -96,7 +95,7 @@ class Drains:
     def __init__(self, board: DrainBoard, router: Router, interval_s: float) -> None:
         self._board = board
         self._router = router
-        self._interval_s = interval_s
+        self.interval_s = interval_s
         self._applied: set[str] = set()  # what the board said at the last read
         self._failing = False
 
@@ -115,7 +114,8 @@ class Drains:
         return self._router.set_draining(url, draining)
 
     async def sync(self) -> None:
-        """Read the board and apply what changed; an unreachable board changes nothing."""
+        """Read the board and apply what changed; an unreachable board changes nothing. The
+        background round (``gateway.supervisor`` runs it every ``interval_s``)."""
         try:
             drained = await self._board.read()
         except (RedisError, OSError) as exc:
@@ -135,11 +135,6 @@ class Drains:
             logger.info("engine %s resumed (shared)", url)
             self._router.set_draining(url, False)
         self._applied = drained
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            await self.sync()
 
     async def close(self) -> None:
         await self._board.close()

@@ -67,16 +67,12 @@ class EngineStatsScraper:
     ) -> None:
         self._router = router
         self._session = session
-        self._interval_s = interval_s
+        self.interval_s = interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._misses: dict[str, int] = {}
 
-    async def run(self) -> None:
-        while True:
-            await self.scrape_all()
-            await asyncio.sleep(self._interval_s)
-
     async def scrape_all(self) -> None:
+        """One round (``gateway.supervisor`` runs it every ``interval_s``)."""
         await asyncio.gather(*(self._scrape(e) for e in self._router.endpoints()))
 
     async def _scrape(self, endpoint: Endpoint) -> None:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aiohttp
 
+from gateway.clock import Clock, monotonic
 from gateway.metrics import GatewayMetrics
 from gateway.routing.endpoint import Endpoint
 from gateway.routing.router import Router
@@ -44,13 +44,15 @@ class HealthChecker:
         interval_s: float,
         timeout_s: float,
         ejection: EjectionPolicy | None = None,
+        clock: Clock = monotonic,
     ) -> None:
         self._router = router
         self._session = session
         self._metrics = metrics
-        self._interval_s = interval_s
+        self.interval_s = interval_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._ejection = ejection or EjectionPolicy()
+        self._clock = clock  # the pools' clock: ejections end on the time they route by
 
     async def check_all(self) -> None:
         await self.check(self._router.endpoints())
@@ -63,13 +65,12 @@ class HealthChecker:
         with contextlib.suppress(KeyError):
             self._metrics.engine_up.remove(endpoint.model, endpoint.url)
 
-    async def run(self) -> None:
-        while True:
-            await self.check_all()
-            for pool in self._router.pools.values():
-                if pool.queue is not None and pool.queue.depth:
-                    pool.grant_waiting()  # an endpoint whose cool-down ended may take a waiter
-            await asyncio.sleep(self._interval_s)
+    async def check_round(self) -> None:
+        """One background round (``gateway.supervisor`` runs it every ``interval_s``)."""
+        await self.check_all()
+        for pool in self._router.pools.values():
+            if pool.queue is not None and pool.queue.depth:
+                pool.grant_waiting()  # an endpoint whose cool-down ended may take a waiter
 
     async def _check(self, endpoint: Endpoint) -> None:
         try:
@@ -116,7 +117,7 @@ class HealthChecker:
         else:
             return
         endpoint.cooldown_s = cooldown
-        endpoint.ejected_until = time.monotonic() + cooldown
+        endpoint.ejected_until = self._clock() + cooldown
         endpoint.probing = False
         self._metrics.engine_ejections.labels(endpoint.model).inc()
         logger.warning(

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.clock import Clock, monotonic
 from gateway.config.pools import PoolSpec
 from gateway.errors import EnginesBusyError, NoHealthyEngineError, TenantQueueFullError
 from gateway.metrics import GatewayMetrics
@@ -36,6 +37,7 @@ class EnginePool:
     metrics: GatewayMetrics | None = None
     fair_share: bool = False
     active_window_s: float = 2.0
+    clock: Clock = field(default=monotonic, repr=False)  # ejection cool-downs and fair-share windows
     shared: list[Endpoint] = field(init=False)
     # Shared slots held per tenant, and when each tenant last asked for one (for ``fair_share``).
     _holding: dict[str, int] = field(init=False, default_factory=dict)
@@ -54,7 +56,7 @@ class EnginePool:
     ) -> Endpoint:
         """The endpoint ``tenant`` would be sent to, saturation aside (takes no slot)."""
         skipped = set(exclude)
-        now = time.monotonic()
+        now = self.clock()
         reserved = self.dedicated.get(tenant or "")
         own = [e for e in reserved or () if e.routable(now) and e not in skipped]
         if own and not (self.spill_over and all(self._saturated(e) for e in own)):
@@ -73,7 +75,7 @@ class EnginePool:
         """Take a slot on an endpoint for ``tenant``, waiting in the fair queue when saturated."""
         endpoint = self.pick(tenant, exclude, key)
         if self.fair_share:
-            self._seen[tenant] = time.monotonic()
+            self._seen[tenant] = self.clock()
         if not self._must_wait(endpoint, tenant):
             self._take_slot(endpoint, tenant)
             return endpoint
@@ -97,7 +99,7 @@ class EnginePool:
         """Whether ``tenant`` holds an equal share of the shared slots while others are active."""
         if not self.fair_share or self.max_inflight is None:
             return False
-        now = time.monotonic()
+        now = self.clock()
         active = [t for t, at in self._seen.items() if now - at < self.active_window_s]
         if len(self._seen) > 4 * len(active) + 64:  # forget tenants long gone
             self._seen = {t: self._seen[t] for t in active}
@@ -159,7 +161,7 @@ class EnginePool:
         return self.max_inflight is not None and endpoint.inflight >= self.max_inflight
 
     def _free(self, endpoints: list[Endpoint]) -> Endpoint | None:
-        now = time.monotonic()
+        now = self.clock()
         free = [e for e in endpoints if e.routable(now) and not self._saturated(e)]
         return self.policy.choose(free) if free else None
 
@@ -207,7 +209,9 @@ class EnginePool:
             self.metrics.queue_rejected.labels(self.model, reason).inc()
 
     @classmethod
-    def from_spec(cls, spec: PoolSpec, metrics: GatewayMetrics | None = None) -> EnginePool:
+    def from_spec(
+        cls, spec: PoolSpec, metrics: GatewayMetrics | None = None, clock: Clock = monotonic
+    ) -> EnginePool:
         endpoints = [
             Endpoint(spec.served_name, url, dedicated_to=spec.dedicated_owner(i))
             for i, url in enumerate(spec.endpoint_urls())
@@ -226,4 +230,5 @@ class EnginePool:
             metrics=metrics,
             fair_share=spec.queue.fair_share,
             active_window_s=spec.queue.active_window_s,
+            clock=clock,
         )

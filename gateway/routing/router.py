@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.clock import Clock, monotonic
 from gateway.config.pools import DeploymentSpec
 from gateway.errors import ModelNotFoundError
 from gateway.metrics import GatewayMetrics
@@ -16,8 +17,10 @@ class Router:
         self.pools = pools
 
     @classmethod
-    def from_spec(cls, spec: DeploymentSpec, metrics: GatewayMetrics | None = None) -> Router:
-        return cls({p.served_name: EnginePool.from_spec(p, metrics) for p in spec.pools})
+    def from_spec(
+        cls, spec: DeploymentSpec, metrics: GatewayMetrics | None = None, clock: Clock = monotonic
+    ) -> Router:
+        return cls({p.served_name: EnginePool.from_spec(p, metrics, clock) for p in spec.pools})
 
     def pool(self, model: str) -> EnginePool:
         pool = self.pools.get(model)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.clock import Clock, monotonic
 from gateway.config.pools import DeploymentSpec, PoolSpec, QueueSpec
 from gateway.settings import Settings
 from tests.conftest import SIM_MODEL, Gateway
@@ -22,7 +23,9 @@ CHAT = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "ma
 
 
 @contextlib.asynccontextmanager
-async def serving(sim_url: str, tmp_path: Path, pool: PoolSpec, **overrides: Any) -> AsyncIterator[Gateway]:
+async def serving(
+    sim_url: str, tmp_path: Path, pool: PoolSpec, clock: Clock = monotonic, **overrides: Any
+) -> AsyncIterator[Gateway]:
     fields: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path / 'gateway.db'}",
         "data_dir": tmp_path,
@@ -31,7 +34,7 @@ async def serving(sim_url: str, tmp_path: Path, pool: PoolSpec, **overrides: Any
         "limits_path": None,
     }
     settings = Settings(**(fields | overrides))
-    app = create_app(settings, DeploymentSpec(pools=[pool]))
+    app = create_app(settings, DeploymentSpec(pools=[pool]), clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

@@ -20,6 +20,7 @@ from gateway.config.pools import PoolSpec
 from gateway.records import Outcome
 from tests.api.test_dedicated import serving
 from tests.conftest import SIM_MODEL, Gateway
+from tests.support.clock import FakeClock
 from tests.support.metrics import sample
 from tests.support.processes import start_sim
 
@@ -75,20 +76,27 @@ async def test_failing_engine_is_ejected_then_one_probe_brings_it_back(
     broken, broken_url = start_sim(tmp_path, SIM_MODEL, "--failure-rate", "1", "--failure-status", "500")
     try:
         pool = PoolSpec(served_name=SIM_MODEL, endpoints=[broken_url, sim_engine], routing="round_robin")
+        clock = FakeClock()
         async with serving(
-            sim_engine, tmp_path, pool, eject_after_failures=2, eject_cooldown_s=0.6, health_interval_s=30
+            sim_engine,
+            tmp_path,
+            pool,
+            clock,
+            eject_after_failures=2,
+            eject_cooldown_s=0.6,
+            health_interval_s=30,
         ) as gw:
             secret, _ = await gw.new_key("ejected")
             broken_ep = next(e for e in gw.state.router.endpoints() if e.url == broken_url)
             for _ in range(4):  # the 5xx are retried on the good engine: every answer is a 200
                 assert (await ask(gw, secret)).status_code == 200
-            assert broken_ep.healthy and broken_ep.ejected_until > time.monotonic()  # /health still 200
+            assert broken_ep.healthy and broken_ep.ejected_until > clock()  # /health still 200
             assert broken_ep.failures == 2  # ejected after two: the two later requests never tried it
             text = gw.state.metrics.render().decode()
             assert sample(text, "gateway_engine_ejections_total", model=SIM_MODEL) == 1
 
             await configure(broken_url, failure_rate=0)  # repaired during its cool-down
-            await asyncio.sleep(0.7)
+            clock.advance(0.6)
             answers = await asyncio.gather(*(ask(gw, secret) for _ in range(6)))
             assert [a.status_code for a in answers] == [200] * 6
             assert broken_ep.ejected_until == 0 and broken_ep.failures == 0  # the probe passed
@@ -103,18 +111,25 @@ async def test_failed_probe_doubles_the_cool_down(sim_engine: str, tmp_path: Pat
     broken, broken_url = start_sim(tmp_path, SIM_MODEL, "--failure-rate", "1", "--failure-status", "503")
     try:
         pool = PoolSpec(served_name=SIM_MODEL, endpoints=[broken_url, sim_engine], routing="round_robin")
+        clock = FakeClock()
         async with serving(
-            sim_engine, tmp_path, pool, eject_after_failures=1, eject_cooldown_s=0.3, health_interval_s=30
+            sim_engine,
+            tmp_path,
+            pool,
+            clock,
+            eject_after_failures=1,
+            eject_cooldown_s=0.3,
+            health_interval_s=30,
         ) as gw:
             secret, _ = await gw.new_key("probe")
             broken_ep = next(e for e in gw.state.router.endpoints() if e.url == broken_url)
             for _ in range(2):  # round robin: one of the two tries the broken engine first
                 assert (await ask(gw, secret)).status_code == 200
             assert broken_ep.cooldown_s == 0.3 and broken_ep.failures == 1
-            await asyncio.sleep(0.35)
+            clock.advance(0.3)
             for _ in range(2):  # one of these is the probe; it fails and is retried elsewhere
                 assert (await ask(gw, secret)).status_code == 200
-            assert broken_ep.cooldown_s == 0.6 and broken_ep.ejected_until > time.monotonic()
+            assert broken_ep.cooldown_s == 0.6 and broken_ep.ejected_until > clock()
             assert broken_ep.failures == 2
     finally:
         broken.stop()

@@ -5,8 +5,6 @@ Admission and settling never await, so on one event loop every call is atomic wi
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.admission.limits.model import BudgetRemaining, Limits, Reservation, Subject
@@ -24,6 +22,7 @@ from gateway.admission.limits.policy import (
     scopes,
     seeded_scope,
 )
+from gateway.clock import Clock, wall
 from gateway.utc import month_of
 
 
@@ -67,9 +66,10 @@ class _ScopeState:
 
 
 class InProcessLimiter:
-    """Token buckets, leases and monthly counters in dictionaries; ``clock`` is injectable for tests."""
+    """Token buckets, leases and monthly counters in dictionaries. ``clock`` is wall time (months
+    are calendar months, and the rules match the Redis limiter's, which runs on Redis ``TIME``)."""
 
-    def __init__(self, *, lease_ttl_s: float = 900.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, lease_ttl_s: float = 900.0, clock: Clock = wall) -> None:
         self._lease_ttl_s = lease_ttl_s
         self._clock = clock
         self._scopes: dict[tuple[str, str], _ScopeState] = {}

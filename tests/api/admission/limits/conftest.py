@@ -9,23 +9,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import pytest
 
 from gateway.admission.limits import InProcessLimiter, Limiter, RedisLimiter
+from tests.support.clock import FakeClock
 from tests.support.redis import redis_url, require_redis, temporary_prefix
 
 LEASE_TTL_S = 900.0
 MID_NOVEMBER = dt.datetime(2026, 11, 15, 12, 0, tzinfo=dt.UTC).timestamp()
-
-
-class FakeClock:
-    """Epoch seconds that move only when a test says so."""
-
-    def __init__(self, now: float = MID_NOVEMBER) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @asynccontextmanager
@@ -52,7 +40,7 @@ IMPLEMENTATIONS: dict[str, Callable[[FakeClock], AbstractAsyncContextManager[Lim
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(MID_NOVEMBER)
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))

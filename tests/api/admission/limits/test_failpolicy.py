@@ -21,7 +21,7 @@ from gateway.admission.limits import (
     create_limiter,
 )
 from gateway.errors import LimiterUnavailableError
-from tests.api.admission.limits.conftest import FakeClock
+from tests.support.clock import FakeClock
 from tests.support.processes import free_port
 from tests.support.redis import redis_url, require_redis, temporary_prefix
 

@@ -15,7 +15,8 @@ from gateway.admission.limits import (
     Reservation,
     Subject,
 )
-from tests.api.admission.limits.conftest import LEASE_TTL_S, FakeClock
+from tests.api.admission.limits.conftest import LEASE_TTL_S
+from tests.support.clock import FakeClock
 
 ACME = Subject("ten_acme", "key_a")
 ACME_B = Subject("ten_acme", "key_b")
