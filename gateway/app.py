@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -14,21 +15,23 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.admission.limit_config import load_default_limits
 from gateway.admission.limits import create_limiter
 from gateway.admission.service import Admission
 from gateway.admission.tokens import build_counters
 from gateway.api import admin, openai, ops, usage
+from gateway.config.limits import load_default_limits
 from gateway.config.pools import DeploymentSpec, load_spec
+from gateway.config.prices import load_prices
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     MethodNotAllowedError,
     RouteNotFoundError,
 )
+from gateway.limit_spec import LimitSpec
 from gateway.metering.journal import Journal, recovered_rows
 from gateway.metering.meter import LedgerWriter, Meter
-from gateway.metering.pricing import PriceBook, load_prices
+from gateway.metering.pricing import PriceBook
 from gateway.metrics import GatewayMetrics
 from gateway.records import Outcome
 from gateway.routing.discovery import EndpointDiscovery
@@ -46,13 +49,33 @@ from gateway.tenancy.auth import Authenticator
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigFiles:
+    """The pool spec, prices and default limits, read and validated before the server starts."""
+
+    spec: DeploymentSpec
+    prices: PriceBook
+    default_limits: LimitSpec | None
+
+    @classmethod
+    def load(cls, settings: Settings, spec: DeploymentSpec | None = None) -> ConfigFiles:
+        """Raises ``ConfigError`` (file, key path, what was expected) for the first bad file."""
+        pools = spec or load_spec(settings.config_path)
+        return cls(pools, _prices(settings), load_default_limits(settings.limits_path))
+
+
 def create_app(settings: Settings, spec: DeploymentSpec | None = None, store: Store | None = None) -> FastAPI:
-    """Build the gateway app. ``spec`` and ``store`` default to what ``settings`` names."""
+    """Build the gateway app. ``spec`` and ``store`` default to what ``settings`` names.
+
+    Settings and every configuration file are checked here, so a bad one is refused before the
+    server starts (the CLI prints one line), not from inside the lifespan with a traceback.
+    """
     settings.check_startup()  # e.g. production without a real admin token: refuse now
+    configs = ConfigFiles.load(settings, spec)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await _build_state(settings, spec or load_spec(settings.config_path), store)
+        state = await _build_state(settings, configs, store)
         app.state.gateway = state
         discovery = EndpointDiscovery.from_spec(
             state.spec, state.router, state.health, state.session, settings.discovery_interval_s
@@ -102,8 +125,8 @@ def create_app(settings: Settings, spec: DeploymentSpec | None = None, store: St
     return app
 
 
-async def _build_state(settings: Settings, spec: DeploymentSpec, store: Store | None) -> GatewayState:
-    prices = _prices(settings)
+async def _build_state(settings: Settings, configs: ConfigFiles, store: Store | None) -> GatewayState:
+    spec, prices = configs.spec, configs.prices
     journal = Journal(settings.journal_path(), fsync=settings.journal_fsync)
     leftovers = journal.open()
     store = store or create_store(settings.database_url)
@@ -121,7 +144,7 @@ async def _build_state(settings: Settings, spec: DeploymentSpec, store: Store | 
         store, journal, metrics, settings.ledger_flush_interval_s, settings.ledger_batch_size
     )
     meter = Meter(ledger, journal, prices, metrics, known_models=set(router.pools))
-    admission = _admission(settings, spec, prices, metrics)
+    admission = _admission(settings, configs, metrics)
     _recover(journal, meter, leftovers)
     upstream = UpstreamClient(
         session, settings.connect_timeout_s, settings.request_timeout_s, settings.first_token_timeout_s
@@ -159,9 +182,7 @@ async def _seed_budgets(state: GatewayState) -> None:
         logger.info("seeded this month's budget counters of %d tenants/keys from the ledger", seeded)
 
 
-def _admission(
-    settings: Settings, spec: DeploymentSpec, prices: PriceBook, metrics: GatewayMetrics
-) -> Admission:
+def _admission(settings: Settings, configs: ConfigFiles, metrics: GatewayMetrics) -> Admission:
     limiter = create_limiter(
         settings.redis_url,
         settings.limiter_fail_open,
@@ -169,17 +190,20 @@ def _admission(
         prefix=settings.redis_prefix + "limits:",
         on_error=lambda operation: metrics.limiter_failures.labels(operation).inc(),
     )
-    counters = build_counters(spec, settings.data_dir)
-    defaults = load_default_limits(settings.limits_path)
-    return Admission(limiter, counters, prices, defaults, metrics, settings.default_max_tokens)
+    counters = build_counters(configs.spec, settings.data_dir)
+    return Admission(
+        limiter, counters, configs.prices, configs.default_limits, metrics, settings.default_max_tokens
+    )
 
 
 def _prices(settings: Settings) -> PriceBook:
     path = settings.prices_path
-    if path is not None and not path.exists() and settings.environment == "development":
+    if path is None:
+        return PriceBook([])
+    if not path.exists() and settings.environment == "development":
         logger.warning("no price table at %s: requests are metered but not priced", path)
         return PriceBook([])
-    return load_prices(path)  # production refuses to start without its prices
+    return PriceBook.from_table(load_prices(path))  # production refuses to start without its prices
 
 
 def _recover(journal: Journal, meter: Meter, leftovers: list[dict[str, object]]) -> None:
