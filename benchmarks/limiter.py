@@ -34,15 +34,16 @@ from typing import Any
 import orjson
 import redis
 
-from gateway.admission.limits import Limiter, Limits, Subject, create_limiter
+from gateway.admission.limits import Limiter, Subject, create_limiter
+from gateway.limit_spec import LimitSpec
 from tests.support.processes import REPO
 from tests.support.redis import redis_url, temporary_prefix
 
 DEFAULT_OUT = REPO / "benchmarks" / "out" / "limiter.json"
-TENANT_LIMITS = Limits(
+TENANT_LIMITS = LimitSpec(
     rpm=10**9, tpm=10**12, max_concurrent=10**6, monthly_tokens=10**15, monthly_cost_pico=10**18
 )
-KEY_LIMITS = Limits(rpm=10**9)
+KEY_LIMITS = LimitSpec(rpm=10**9)
 PROMPT_TOKENS, MAX_TOKENS, USED_TOKENS = 200, 256, 180
 
 

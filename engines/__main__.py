@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engines.launcher import EngineLauncher, GatewayAdminDrain
+from gateway.config.loader import ConfigError
 from gateway.config.pools import load_spec
 
 
@@ -48,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(_run(args.config, args.data_dir, args.timeout, args.gateway))
+    except ConfigError as exc:  # one line naming the file and the key path, as ``gateway`` does
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
     except KeyboardInterrupt:
         pass
     return 0

@@ -7,30 +7,24 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
 
-from gateway.admission.limit_config import load_default_limits
 from gateway.admission.limits import Limiter, create_limiter
 from gateway.admission.service import Admission
 from gateway.admission.tokens import build_counters
 from gateway.api import admin, openai, ops, usage
+from gateway.api.errors import install_error_handlers
 from gateway.clock import Clock, monotonic
+from gateway.config.limits import load_default_limits
 from gateway.config.pools import DeploymentSpec, load_spec
-from gateway.errors import (
-    GatewayError,
-    InvalidRequestError,
-    MethodNotAllowedError,
-    RouteNotFoundError,
-)
+from gateway.config.prices import load_prices
+from gateway.limit_spec import LimitSpec
 from gateway.metering.journal import Journal, recovered_rows
 from gateway.metering.meter import LedgerWriter, Meter
-from gateway.metering.pricing import PriceBook, load_prices
+from gateway.metering.pricing import PriceBook
 from gateway.metrics import GatewayMetrics
 from gateway.records import Outcome
 from gateway.routing.discovery import EndpointDiscovery
@@ -49,6 +43,21 @@ from gateway.tenancy.auth import Authenticator
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigFiles:
+    """The pool spec, prices and default limits, read and validated before the server starts."""
+
+    spec: DeploymentSpec
+    prices: PriceBook
+    default_limits: LimitSpec | None
+
+    @classmethod
+    def load(cls, settings: Settings, spec: DeploymentSpec | None = None) -> ConfigFiles:
+        """Raises ``ConfigError`` (file, key path, what was expected) for the first bad file."""
+        pools = spec or load_spec(settings.config_path)
+        return cls(pools, _prices(settings), load_default_limits(settings.limits_path))
+
+
 def create_app(
     settings: Settings,
     spec: DeploymentSpec | None = None,
@@ -57,15 +66,20 @@ def create_app(
     clock: Clock = monotonic,
 ) -> FastAPI:
     """Build the gateway app. ``spec`` and ``store`` default to what ``settings`` names; ``clock``
-    is what routing, ejection and the supervisor tell time by (tests pass a fake one)."""
+    is what routing, ejection and the supervisor tell time by (tests pass a fake one).
+
+    Settings and every configuration file are checked here, so a bad one is refused before the
+    server starts (the CLI prints one line), not from inside the lifespan with a traceback.
+    """
     settings.check_startup()  # e.g. production without a real admin token: refuse now
+    configs = ConfigFiles.load(settings, spec)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Everything opened is closed by the stack, in reverse: a start that fails halfway closes
         # exactly what it had opened (the journal's lock too, so a retry can take the directory).
         async with contextlib.AsyncExitStack() as stack:
-            state = await _open_state(stack, settings, spec or load_spec(settings.config_path), store, clock)
+            state = await _open_state(stack, settings, configs, store, clock)
             app.state.gateway = state
             await _start(stack, state)
             yield
@@ -75,23 +89,19 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(usage.router)
     app.include_router(admin.router)
-    app.add_exception_handler(GatewayError, _gateway_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    install_error_handlers(app)
     return app
 
 
 async def _open_state(
     stack: contextlib.AsyncExitStack,
     settings: Settings,
-    spec: DeploymentSpec,
+    configs: ConfigFiles,
     store: Store | None,
     clock: Clock,
 ) -> GatewayState:
     """Open every resource, each close pushed on ``stack`` as it is opened."""
-    prices = _prices(settings)  # configuration first: a typo fails before anything is opened
-    defaults = load_default_limits(settings.limits_path)
+    spec, prices, defaults = configs.spec, configs.prices, configs.default_limits
     counters = build_counters(spec, settings.data_dir)
     journal, leftovers, store = await _open_storage(stack, settings, store)
     session = create_session()
@@ -218,10 +228,12 @@ def _health_checker(
 
 def _prices(settings: Settings) -> PriceBook:
     path = settings.prices_path
-    if path is not None and not path.exists() and settings.environment == "development":
+    if path is None:
+        return PriceBook([])
+    if not path.exists() and settings.environment == "development":
         logger.warning("no price table at %s: requests are metered but not priced", path)
         return PriceBook([])
-    return load_prices(path)  # production refuses to start without its prices
+    return PriceBook.from_table(load_prices(path))  # production refuses to start without its prices
 
 
 def _recover(journal: Journal, meter: Meter, leftovers: list[dict[str, object]]) -> None:
@@ -235,40 +247,3 @@ def _recover(journal: Journal, meter: Meter, leftovers: list[dict[str, object]])
     if rows:
         interrupted = sum(1 for r in rows if r.outcome == Outcome.interrupted)
         logger.warning("recovered %d ledger rows from the journal (%d interrupted)", len(rows), interrupted)
-
-
-def error_response(error: GatewayError) -> Response:
-    return Response(
-        error.to_json(),
-        status_code=error.status_code,
-        media_type="application/json",
-        headers=error.headers,
-    )
-
-
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
-    return error_response(exc)
-
-
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    param = ".".join(str(p) for p in first["loc"][1:]) or None
-    return error_response(InvalidRequestError(str(first["msg"]), param=param))
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        return error_response(MethodNotAllowedError(f"Method {request.method} is not allowed here."))
-    if exc.status_code == 404:
-        return error_response(RouteNotFoundError(f"Unknown path: {request.url.path}"))
-    error = GatewayError(str(exc.detail))
-    error.status_code = exc.status_code
-    return error_response(error)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(GatewayError("The server had an error while processing your request."))

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from gateway.limit_spec import LimitSpec
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -90,7 +92,8 @@ class TenantCreateRequest(BaseModel):
 class LimitsObject(BaseModel):
     """A tenant's or a key's limits; a field left out or ``null`` is unlimited at this level.
 
-    The same shape is sent (``PUT .../limits``) and returned (in a tenant or key).
+    The same shape is sent (``PUT .../limits``) and returned (in a tenant or key): ``LimitSpec``
+    as written, converted here and nowhere else.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -100,6 +103,15 @@ class LimitsObject(BaseModel):
     max_concurrent: StrictInt | None = None
     monthly_tokens: StrictInt | None = None  # per UTC calendar month
     monthly_cost: str | None = None  # per UTC calendar month, in the price table's currency: "25.00"
+
+    @classmethod
+    def from_spec(cls, limits: LimitSpec) -> LimitsObject:
+        return cls.model_validate(limits.written())
+
+    def to_spec(self) -> LimitSpec:
+        """Raises ``LimitValueError`` (400, ``param`` the field) for a value out of range or a
+        cost that is not an exact amount."""
+        return LimitSpec.from_written(self.model_dump())
 
 
 class TenantObject(BaseModel):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gateway.limit_spec import LimitSpec
+
 
 class Api(StrEnum):
     """The OpenAI API a request called; also the ledger's ``api`` column."""
@@ -41,19 +43,13 @@ class TenantStatus(StrEnum):
     deleted = "deleted"  # keys revoked; the name and the ledger rows are kept for billing
 
 
-# Stored limits: any of rpm, tpm, max_concurrent, monthly_tokens, monthly_cost_pico (absent:
-# unlimited at this level). ``gateway.admission.limits`` turns them into its typed ``Limits``.
-LimitValues = dict[str, int]
-LIMIT_NAMES = ("rpm", "tpm", "max_concurrent", "monthly_tokens", "monthly_cost_pico")
-
-
 @dataclass(frozen=True, slots=True)
 class Tenant:
     id: str
     name: str
     created_at: float
     status: TenantStatus = TenantStatus.active
-    limits: LimitValues | None = None  # None: the configured defaults apply
+    limits: LimitSpec | None = None  # None: the configured defaults apply
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +66,8 @@ class ApiKey:
     expires_at: float | None = None
     revoked_at: float | None = None
     tenant_status: str = "active"
-    limits: LimitValues | None = None  # this key's own limits, on top of its tenant's
-    tenant_limits: LimitValues | None = None
+    limits: LimitSpec | None = None  # this key's own limits, on top of its tenant's
+    tenant_limits: LimitSpec | None = None  # None: the configured defaults apply
 
     def usable_at(self, now: float) -> bool:
         if self.revoked_at is not None and self.revoked_at <= now:

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.config.loader import ConfigError, describe
 
 MIN_ADMIN_TOKEN_CHARS = 32
 _PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "example", "yourtoken", "xxxxxxxx")
-
-
-class SettingsError(ValueError):
-    """The settings are unfit to start with (e.g. a placeholder secret in production)."""
+ENV_PREFIX = "GATEWAY_"
 
 
 class Settings(BaseSettings):
     """Everything one gateway process needs to start; read from ``GATEWAY_*`` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     environment: Literal["development", "production"] = "development"
     # Several gateway replicas behind one address. The one switch that makes every piece of
@@ -93,17 +92,26 @@ class Settings(BaseSettings):
     def journal_path(self) -> Path:
         return self.journal_dir or self.data_dir / "journal" / f"port-{self.port}"
 
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """The settings from the environment and ``overrides``; a bad value is a ``ConfigError``
+        naming the variable (``GATEWAY_PORT: Input should be a valid integer (got 'abc')``)."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(describe(exc, written_as=lambda name: ENV_PREFIX + name.upper())) from None
+
     def check_startup(self) -> None:
         """Refuse a replicated set-up whose state is not shared and, outside development, a
-        missing or placeholder admin token."""
+        missing or placeholder admin token (``ConfigError``)."""
         if self.replicated:
             if not self.database_url.startswith(("postgresql://", "postgres://")):
-                raise SettingsError(
+                raise ConfigError(
                     "GATEWAY_REPLICATED needs GATEWAY_DATABASE_URL=postgresql://…: tenants, keys and "
                     "the ledger must be one for all replicas"
                 )
             if not self.redis_url:
-                raise SettingsError(
+                raise ConfigError(
                     "GATEWAY_REPLICATED needs GATEWAY_REDIS_URL=redis://…: without it each replica "
                     "would enforce every limit on its own (N replicas, N times the limit)"
                 )
@@ -111,7 +119,7 @@ class Settings(BaseSettings):
             return
         problem = admin_token_problem(self.admin_token)
         if problem is not None:
-            raise SettingsError(
+            raise ConfigError(
                 f"GATEWAY_ADMIN_TOKEN {problem}; {self.environment} needs a random token of at least "
                 f"{MIN_ADMIN_TOKEN_CHARS} characters, e.g. from "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"

@@ -13,13 +13,14 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from gateway.admission.limits import Limiter, LimitExceeded, Limits, Reservation, Subject
+from gateway.admission.limits import Limiter, LimitExceeded, Reservation, Subject
 from gateway.admission.tokens import TokenCounter, max_output
 from gateway.inference import EngineCall
+from gateway.limit_spec import LimitSpec
 from gateway.metering.pricing import PriceBook
 from gateway.metrics import GatewayMetrics
 from gateway.money import PICO
-from gateway.records import Api, ApiKey, LimitValues, UsageRecord
+from gateway.records import Api, ApiKey, UsageRecord
 from gateway.store import Store
 from gateway.utc import month_of, month_start
 
@@ -34,34 +35,21 @@ class Admission:
         limiter: Limiter,
         counters: Mapping[str, TokenCounter],
         prices: PriceBook,
-        defaults: LimitValues | None,
+        defaults: LimitSpec | None,
         metrics: GatewayMetrics,
         default_max_tokens: int,
     ) -> None:
         self._limiter = limiter
         self._counters = counters
         self._prices = prices
-        self._defaults = Limits.from_values(defaults)
+        self._defaults = defaults or LimitSpec()
         self._metrics = metrics
         self._default_max_tokens = default_max_tokens
         self._settling: set[asyncio.Task[None]] = set()
-        # Stored limit dicts → Limits, keyed by identity: the key cache hands out the same dicts.
-        self._parsed: dict[int, tuple[LimitValues, Limits]] = {}
 
-    def limits_for(self, key: ApiKey) -> tuple[Limits, Limits | None]:
+    def limits_for(self, key: ApiKey) -> tuple[LimitSpec, LimitSpec | None]:
         """(the tenant's limits, the key's own) — the tenant's default to the configured ones."""
-        tenant = self._tenant_limits(key.tenant_limits)
-        return tenant, self._parse(key.limits) if key.limits is not None else None
-
-    def _parse(self, values: LimitValues) -> Limits:
-        cached = self._parsed.get(id(values))
-        if cached is not None and cached[0] is values:
-            return cached[1]
-        if len(self._parsed) > 10_000:
-            self._parsed.clear()
-        limits = Limits.from_values(values)
-        self._parsed[id(values)] = (values, limits)
-        return limits
+        return self._tenant_limits(key.tenant_limits), key.limits
 
     async def admit(self, key: ApiKey, call: EngineCall, started_at: float) -> Reservation | None:
         """Reserve, or raise ``LimitExceeded`` (429). None: nothing limits this key."""
@@ -114,7 +102,7 @@ class Admission:
         seeded = 0
         for tenant in await store.list_tenants():
             limits = self._tenant_limits(tenant.limits)
-            keys = [k for k in await store.list_keys(tenant.name) if k.limits and _monthly(k.limits)]
+            keys = [k for k in await store.list_keys(tenant.name) if k.limits and k.limits.monthly]
             if not limits.monthly and not keys:
                 continue
             per_key = await store.usage_report(tenant.id, start, now + 1, "key")
@@ -144,13 +132,9 @@ class Admission:
             if left.cost_pico is not None:
                 self._metrics.budget_remaining.labels(tenant.name, "cost").set(left.cost_pico / PICO)
 
-    def _tenant_limits(self, values: LimitValues | None) -> Limits:
-        return self._parse(values) if values is not None else self._defaults
+    def _tenant_limits(self, limits: LimitSpec | None) -> LimitSpec:
+        return limits if limits is not None else self._defaults
 
 
-def _monthly(values: LimitValues) -> bool:
-    return values.get("monthly_tokens") is not None or values.get("monthly_cost_pico") is not None
-
-
-def _counts_tokens(limits: Limits) -> bool:
+def _counts_tokens(limits: LimitSpec) -> bool:
     return any(v is not None for v in (limits.tpm, limits.monthly_tokens, limits.monthly_cost_pico))

@@ -12,10 +12,10 @@ import time
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import HTMLResponse
 
-from gateway.admission.limit_config import limit_fields
 from gateway.api.deps import ReporterDep, StateDep, TenancyDep, admin_caller
 from gateway.api.usage import PeriodDep, ReportFormat, report_reply
 from gateway.errors import InvalidRequestError, ResourceNotFoundError
+from gateway.limit_spec import LimitSpec
 from gateway.protocol import (
     CreatedKey,
     EngineDrainRequest,
@@ -32,18 +32,18 @@ from gateway.protocol import (
     TenantList,
     TenantObject,
 )
-from gateway.records import ApiKey, LimitValues, Tenant, TenantStatus
+from gateway.records import ApiKey, Tenant, TenantStatus
 from gateway.reporting.charts import render_usage_chart
 from gateway.routing.endpoint import Endpoint
 from gateway.store.base import UNSET, GroupBy, _Unset
-from gateway.tenancy.service import IssuedKey, parse_limits
+from gateway.tenancy.service import IssuedKey
 from gateway.utc import format_timestamp, parse_timestamp
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_caller)])
 
 
-def limits_object(values: LimitValues | None) -> LimitsObject | None:
-    return LimitsObject.model_validate(limit_fields(values)) if values is not None else None
+def limits_object(limits: LimitSpec | None) -> LimitsObject | None:
+    return LimitsObject.from_spec(limits) if limits is not None else None
 
 
 def tenant_object(tenant: Tenant) -> TenantObject:
@@ -114,7 +114,7 @@ async def delete_tenant(name: str, tenancy: TenancyDep) -> TenantObject:
 @router.put("/tenants/{name}/limits")
 async def set_tenant_limits(name: str, body: LimitsObject, tenancy: TenancyDep) -> TenantObject:
     """Replace the tenant's limits (fields left out or null: unlimited, also over the defaults)."""
-    return tenant_object(await tenancy.set_tenant_limits(name, parse_limits(body.model_dump())))
+    return tenant_object(await tenancy.set_tenant_limits(name, body.to_spec()))
 
 
 @router.delete("/tenants/{name}/limits")
@@ -156,7 +156,7 @@ async def update_key(key_id: str, body: KeyUpdateRequest, tenancy: TenancyDep) -
 @router.put("/keys/{key_id}/limits")
 async def set_key_limits(key_id: str, body: LimitsObject, tenancy: TenancyDep) -> KeyObject:
     """Replace the key's own limits, which hold on top of its tenant's (which still count this key)."""
-    return key_object(await tenancy.set_key_limits(key_id, parse_limits(body.model_dump())))
+    return key_object(await tenancy.set_key_limits(key_id, body.to_spec()))
 
 
 @router.delete("/keys/{key_id}/limits")

@@ -86,6 +86,7 @@ Press Ctrl-C to stop the gateway and its engines.
 
 async def run_embedded(settings: Settings, demo_tenant: str) -> int:
     spec = load_spec(settings.config_path)
+    app = create_app(settings, spec)  # every setting and file checked before an engine starts
     launcher = EngineLauncher(spec, settings.data_dir, settings.data_dir / "logs")
     engines = sum(p.replicas for p in spec.pools if p.launched)
     _progress(f"starting {engines} engine(s) from {settings.config_path}")
@@ -96,7 +97,6 @@ async def run_embedded(settings: Settings, demo_tenant: str) -> int:
         await launcher.wait_ready(ENGINE_START_TIMEOUT_S, _progress)
         supervisor = asyncio.create_task(launcher.supervise())
         secret = await create_demo_key(settings, demo_tenant, frozenset(p.served_name for p in spec.pools))
-        app = create_app(settings, spec)
         launcher.drain_hook = RouterDrain(app)
         launcher.restart_on_sighup()
         server = uvicorn.Server(uvicorn_config(app, settings))

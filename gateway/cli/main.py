@@ -14,23 +14,26 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from gateway.admission.limit_config import FIELDS, LimitConfigError, limit_fields, load_default_limits
+from gateway.config.limits import load_default_limits
+from gateway.config.loader import ConfigError
+from gateway.config.prices import load_prices
 from gateway.errors import GatewayError, InvalidRequestError
-from gateway.metering.pricing import PriceError, load_prices
-from gateway.records import ApiKey, LimitValues, TenantStatus
+from gateway.limit_spec import WRITTEN_NAMES, LimitSpec
+from gateway.records import ApiKey, TenantStatus
 from gateway.reporting.charts import render_usage_chart
 from gateway.reporting.reports import ReportPeriod, UsageReporter, render_csv, render_json, render_table
 from gateway.server import run_async
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 from gateway.store import Store, StoreError, create_store
 from gateway.store.base import UNSET
-from gateway.tenancy.service import TenancyService, parse_limits
+from gateway.tenancy.service import TenancyService
 from gateway.utc import format_timestamp, parse_timestamp
 
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 StoreCommand = Callable[[argparse.Namespace, Settings, Store], Awaitable[int]]
 EVERY_MODEL = "*"
 NEVER = "never"
+CONFIG_ERROR_STATUS = 2  # like a usage error: the command cannot start with this configuration
 
 
 def _out(text: str) -> None:
@@ -150,14 +153,15 @@ async def _keys_update(args: argparse.Namespace, settings: Settings, store: Stor
     return 0
 
 
-def describe_limits(values: LimitValues | None) -> str:
+def describe_limits(limits: LimitSpec | None) -> str:
     """``rpm=60 tpm=10000 monthly_cost=25.00``, or ``unlimited``."""
-    return " ".join(f"{name}={value}" for name, value in limit_fields(values or {}).items()) or "unlimited"
+    written = limits.written() if limits is not None else {}
+    return " ".join(f"{name}={value}" for name, value in written.items()) or "unlimited"
 
 
-def tenant_limits_line(name: str, values: LimitValues | None, settings: Settings) -> str:
-    if values is not None:
-        return f"tenant {name}: {describe_limits(values)}"
+def tenant_limits_line(name: str, limits: LimitSpec | None, settings: Settings) -> str:
+    if limits is not None:
+        return f"tenant {name}: {describe_limits(limits)}"
     path = settings.limits_path
     source = f"from {path}" if path is not None and path.exists() else f"no {path or 'limits file'}"
     return f"tenant {name}: defaults: {describe_limits(load_default_limits(path))} ({source})"
@@ -169,20 +173,21 @@ def key_limits_line(key: ApiKey) -> str:
 
 
 async def _limits_apply(
-    args: argparse.Namespace, settings: Settings, store: Store, values: LimitValues | None
+    args: argparse.Namespace, settings: Settings, store: Store, limits: LimitSpec | None
 ) -> int:
     tenancy = _tenancy(settings, store)
     if args.tenant is not None:
-        tenant = await tenancy.set_tenant_limits(args.tenant, values)
+        tenant = await tenancy.set_tenant_limits(args.tenant, limits)
         _out(tenant_limits_line(tenant.name, tenant.limits, settings))
     else:
-        _out(key_limits_line(await tenancy.set_key_limits(args.key, values)))
+        _out(key_limits_line(await tenancy.set_key_limits(args.key, limits)))
     _note(f"a running gateway applies this within {settings.auth_cache_ttl_s:g} s")
     return 0
 
 
 async def _limits_set(args: argparse.Namespace, settings: Settings, store: Store) -> int:
-    return await _limits_apply(args, settings, store, parse_limits({f: getattr(args, f) for f in FIELDS}))
+    written = {name: getattr(args, name) for name in WRITTEN_NAMES}
+    return await _limits_apply(args, settings, store, LimitSpec.from_written(written))
 
 
 async def _limits_clear(args: argparse.Namespace, settings: Settings, store: Store) -> int:
@@ -206,7 +211,8 @@ _RENDERERS = {"json": render_json, "csv": render_csv, "table": render_table}
 
 async def _usage_report(args: argparse.Namespace, settings: Settings, store: Store) -> int:
     period = ReportPeriod.parse(args.from_, args.to)
-    reporter = UsageReporter(store, load_prices(settings.prices_path).currency)
+    currency = load_prices(settings.prices_path).currency if settings.prices_path is not None else "USD"
+    reporter = UsageReporter(store, currency)
     report = await reporter.report(args.tenant, period, args.group_by)
     sys.stdout.write(_RENDERERS[args.format](report).rstrip("\n") + "\n")
     if args.chart is not None:
@@ -323,24 +329,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
     if args.config:
         overrides["config_path"] = args.config
     if args.database_url:
         overrides["database_url"] = args.database_url
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    return Settings.load(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure the user can fix is one ``error: …`` line on stderr: a bad
+    setting or configuration file exits with 2, a refused operation or an unreachable store with 1."""
+    args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
+        settings = _settings(args)
+        logging.basicConfig(
+            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         return run_async(handler(args, settings))
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return CONFIG_ERROR_STATUS
     except GatewayError as exc:
         sys.stderr.write(f"error: {exc.message}\n")
         return 1
-    except (StoreError, SettingsError, PriceError, LimitConfigError) as exc:
+    except StoreError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 One YAML file (``configs/*.yaml``) describes the engine pools. The launcher reads it to start
 vLLM processes; the gateway reads the same file to know each model's endpoints. Models use
-``extra="forbid"`` so a typo fails at start-up with the file and field named.
+``extra="forbid"`` and load through ``gateway.config.loader``, so a typo fails at start-up with
+the file, the key path and what was expected.
 """
 
 from __future__ import annotations
@@ -10,14 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.config.loader import load_model
 
 TINY_MODEL_SOURCE = "builtin:tiny-llama"
-
-
-class SpecError(ValueError):
-    """The pool spec file is missing, malformed or inconsistent."""
 
 
 class ReplicaSpec(BaseModel):
@@ -186,18 +184,5 @@ class DeploymentSpec(BaseModel):
 
 
 def load_spec(path: Path | str) -> DeploymentSpec:
-    """Read and validate a pool spec; errors name the file and the field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise SpecError(f"{path}: no such file") from exc
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: invalid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping with a 'pools' list")
-    try:
-        return DeploymentSpec.model_validate(raw)
-    except ValidationError as exc:
-        details = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise SpecError(f"{path}: {details}") from exc
+    """Read and validate a pool spec; a ``ConfigError`` names the file, the key path and what was expected."""
+    return load_model(Path(path), DeploymentSpec)

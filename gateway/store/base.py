@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
-from gateway.records import ApiKey, LimitValues, Tenant, TenantStatus, UsageGroup, UsageRecord
+from gateway.limit_spec import LimitSpec
+from gateway.records import ApiKey, Tenant, TenantStatus, UsageGroup, UsageRecord
 
 GroupBy = Literal["day", "model", "key"]
 
@@ -54,7 +55,7 @@ class Store(Protocol):
         """Suspend, reactivate or delete; deleting also revokes every key of the tenant."""
         ...
 
-    async def set_tenant_limits(self, name: str, limits: LimitValues | None) -> Tenant:
+    async def set_tenant_limits(self, name: str, limits: LimitSpec | None) -> Tenant:
         """Replace the tenant's limits (None: back to the configured defaults)."""
         ...
 
@@ -85,7 +86,7 @@ class Store(Protocol):
         key_id: str,
         models: frozenset[str] | None | _Unset = UNSET,
         expires_at: float | None | _Unset = UNSET,
-        limits: LimitValues | None | _Unset = UNSET,
+        limits: LimitSpec | None | _Unset = UNSET,
     ) -> ApiKey:
         """Change a key's allow-list, expiry and/or own limits; ``UNSET`` arguments stay as they are."""
         ...

@@ -21,7 +21,8 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.records import ApiKey, LimitValues, Outcome, Tenant, TenantStatus, UsageGroup, UsageRecord
+from gateway.limit_spec import LimitSpec
+from gateway.records import ApiKey, Outcome, Tenant, TenantStatus, UsageGroup, UsageRecord
 from gateway.store.base import UNSET, ConflictError, GroupBy, NotFoundError, StoreError, _Unset
 
 Connection = psycopg.AsyncConnection[TupleRow]
@@ -198,12 +199,12 @@ def _tenant_from_row(row: Sequence[Any]) -> Tenant:
     )
 
 
-def _limits_from(value: dict[str, Any] | None) -> LimitValues | None:
-    return {str(k): int(v) for k, v in value.items()} if value is not None else None
+def _limits_from(value: dict[str, Any] | None) -> LimitSpec | None:
+    return LimitSpec.from_stored(value) if value is not None else None
 
 
-def _limits_json(limits: LimitValues | None) -> Jsonb | None:
-    return Jsonb(limits) if limits is not None else None
+def _limits_json(limits: LimitSpec | None) -> Jsonb | None:
+    return Jsonb(limits.stored()) if limits is not None else None
 
 
 class PostgresStore:
@@ -305,7 +306,7 @@ class PostgresStore:
                 )
             return await _select_tenant(conn, name)
 
-    async def set_tenant_limits(self, name: str, limits: LimitValues | None) -> Tenant:
+    async def set_tenant_limits(self, name: str, limits: LimitSpec | None) -> Tenant:
         async with self._connection() as conn:
             tenant = await _select_tenant(conn, name, lock="FOR UPDATE")
             await conn.execute(
@@ -372,7 +373,7 @@ class PostgresStore:
         key_id: str,
         models: frozenset[str] | None | _Unset = UNSET,
         expires_at: float | None | _Unset = UNSET,
-        limits: LimitValues | None | _Unset = UNSET,
+        limits: LimitSpec | None | _Unset = UNSET,
     ) -> ApiKey:
         async with self._connection() as conn:
             await _select_key(conn, key_id)

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.records import ApiKey, LimitValues, Outcome, Tenant, TenantStatus, UsageGroup, UsageRecord
+from gateway.limit_spec import LimitSpec
+from gateway.records import ApiKey, Outcome, Tenant, TenantStatus, UsageGroup, UsageRecord
 from gateway.store.base import UNSET, ConflictError, GroupBy, NotFoundError, _Unset
 
 T = TypeVar("T")
@@ -162,12 +163,12 @@ def _tenant_from_row(row: Sequence[Any]) -> Tenant:
     )
 
 
-def _limits_from(value: str | None) -> LimitValues | None:
-    return {str(k): int(v) for k, v in json.loads(value).items()} if value is not None else None
+def _limits_from(value: str | None) -> LimitSpec | None:
+    return LimitSpec.from_stored(json.loads(value)) if value is not None else None
 
 
-def _limits_json(limits: LimitValues | None) -> str | None:
-    return json.dumps(limits, sort_keys=True) if limits is not None else None
+def _limits_json(limits: LimitSpec | None) -> str | None:
+    return json.dumps(limits.stored(), sort_keys=True) if limits is not None else None
 
 
 class SqliteStore:
@@ -260,7 +261,7 @@ class SqliteStore:
 
         return await self._run(update)
 
-    async def set_tenant_limits(self, name: str, limits: LimitValues | None) -> Tenant:
+    async def set_tenant_limits(self, name: str, limits: LimitSpec | None) -> Tenant:
         def update(conn: sqlite3.Connection) -> Tenant:
             tenant = _select_tenant(conn, name)
             conn.execute("UPDATE tenants SET limits = ? WHERE id = ?", (_limits_json(limits), tenant.id))
@@ -339,7 +340,7 @@ class SqliteStore:
         key_id: str,
         models: frozenset[str] | None | _Unset = UNSET,
         expires_at: float | None | _Unset = UNSET,
-        limits: LimitValues | None | _Unset = UNSET,
+        limits: LimitSpec | None | _Unset = UNSET,
     ) -> ApiKey:
         def update(conn: sqlite3.Connection) -> ApiKey:
             _select_key(conn, key_id)

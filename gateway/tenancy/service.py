@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from gateway.admission.limit_config import LimitValueError, check_limit_values, limit_values
 from gateway.errors import InvalidRequestError, ResourceConflictError, ResourceNotFoundError
-from gateway.records import ApiKey, LimitValues, Tenant, TenantStatus
+from gateway.limit_spec import LimitSpec
+from gateway.records import ApiKey, Tenant, TenantStatus
 from gateway.store import ConflictError, NotFoundError, Store
 from gateway.store.base import UNSET, _Unset
 from gateway.tenancy.auth import generate_key
@@ -61,29 +61,6 @@ def check_models(models: Iterable[str] | None) -> frozenset[str] | None:
             "models must name at least one model (or be null for every model).", param="models"
         )
     return names
-
-
-@contextlib.contextmanager
-def limit_errors() -> Iterator[None]:
-    """Turn a malformed limit into a 400 whose ``param`` names the field as written."""
-    try:
-        yield
-    except LimitValueError as exc:
-        raise InvalidRequestError(f"Invalid limit {exc.field}: {exc.message}", param=exc.field) from None
-
-
-def parse_limits(fields: Mapping[str, object]) -> LimitValues:
-    """Limits as written (``monthly_cost`` a decimal amount, ``None`` unlimited) → stored form."""
-    with limit_errors():
-        return limit_values(fields)
-
-
-def check_limits(values: LimitValues | None) -> LimitValues | None:
-    """Stored-form limits checked by the limiter's rules (``Limits.from_values``)."""
-    if values is None:
-        return None
-    with limit_errors():
-        return check_limit_values(values)
 
 
 def _keep_cache(key_hash: str) -> None:
@@ -135,18 +112,18 @@ class TenancyService:
             self._forget(key.key_hash)
         return tenant
 
-    async def set_tenant_limits(self, name: str, values: LimitValues | None) -> Tenant:
-        """Replace the tenant's limits; ``{}``: unlimited, None: back to the configured defaults.
+    async def set_tenant_limits(self, name: str, limits: LimitSpec | None) -> Tenant:
+        """Replace the tenant's limits; ``LimitSpec()``: unlimited, None: back to the configured
+        defaults.
 
         The limits hold for the tenant's total over all its keys, so every key is dropped from the
         cache (the limits travel with the cached key).
         """
-        checked = check_limits(values)
         tenant = await self.get_tenant(name)
         if tenant.status == TenantStatus.deleted:
             raise ResourceConflictError(f"tenant {name!r} is deleted")
         with store_errors():
-            tenant = await self._store.set_tenant_limits(name, checked)
+            tenant = await self._store.set_tenant_limits(name, limits)
             keys = await self._store.list_keys(name)
         for key in keys:
             self._forget(key.key_hash)
@@ -194,14 +171,15 @@ class TenancyService:
         self._forget(key.key_hash)
         return key
 
-    async def set_key_limits(self, key_id: str, values: LimitValues | None) -> ApiKey:
-        """Replace the key's own limits, which apply on top of its tenant's; None or ``{}``: none."""
-        checked = check_limits(values) or None
+    async def set_key_limits(self, key_id: str, limits: LimitSpec | None) -> ApiKey:
+        """Replace the key's own limits, which apply on top of its tenant's; None or
+        ``LimitSpec()``: none of its own."""
+        own = limits if limits is not None and not limits.unlimited else None
         key = await self.get_key(key_id)
         if key.revoked_at is not None:
             raise ResourceConflictError(f"key {key_id!r} is revoked")
         with store_errors():
-            key = await self._store.update_key(key_id, limits=checked)
+            key = await self._store.update_key(key_id, limits=own)
         self._forget(key.key_hash)
         return key
 

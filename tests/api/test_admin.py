@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.limit_spec import LimitSpec
 from gateway.settings import Settings
 from tests.conftest import ADMIN_TOKEN, SIM_MODEL, Gateway, pool_spec
 
@@ -284,13 +285,9 @@ async def test_tenant_limits_are_set_shown_replaced_and_cleared(gateway: Gateway
     full = {"rpm": 60, "tpm": 10000, "max_concurrent": 4, "monthly_tokens": 1000000, "monthly_cost": "25.00"}
     resp = await client.put("/admin/tenants/acme/limits", json=full, headers=ADMIN)
     assert resp.status_code == 200 and resp.json()["limits"] == full
-    assert (await store.get_tenant("acme")).limits == {
-        "rpm": 60,
-        "tpm": 10000,
-        "max_concurrent": 4,
-        "monthly_tokens": 1000000,
-        "monthly_cost_pico": 25 * 10**12,
-    }
+    assert (await store.get_tenant("acme")).limits == LimitSpec(
+        rpm=60, tpm=10000, max_concurrent=4, monthly_tokens=1000000, monthly_cost_pico=25 * 10**12
+    )
     assert (await client.get("/admin/tenants/acme", headers=ADMIN)).json()["limits"] == full
     [listed] = (await client.get("/admin/tenants", headers=ADMIN)).json()["data"]
     assert listed["limits"] == full
@@ -300,10 +297,10 @@ async def test_tenant_limits_are_set_shown_replaced_and_cleared(gateway: Gateway
         "/admin/tenants/acme/limits", json={"rpm": 5, "monthly_cost": "0.29"}, headers=ADMIN
     )
     assert resp.json()["limits"] == {**NO_LIMITS, "rpm": 5, "monthly_cost": "0.29"}
-    assert (await store.get_tenant("acme")).limits == {"rpm": 5, "monthly_cost_pico": 290_000_000_000}
+    assert (await store.get_tenant("acme")).limits == LimitSpec(rpm=5, monthly_cost_pico=290_000_000_000)
     # Nothing at all: unlimited, also over the configured defaults (not the same as no limits).
     unlimited = await client.put("/admin/tenants/acme/limits", json={}, headers=ADMIN)
-    assert unlimited.json()["limits"] == NO_LIMITS and (await store.get_tenant("acme")).limits == {}
+    assert unlimited.json()["limits"] == NO_LIMITS and (await store.get_tenant("acme")).limits == LimitSpec()
     cleared = await client.delete("/admin/tenants/acme/limits", headers=ADMIN)
     assert cleared.status_code == 200 and cleared.json()["limits"] is None
     assert (await store.get_tenant("acme")).limits is None
@@ -322,7 +319,7 @@ async def test_key_limits_are_set_shown_and_cleared(gateway: Gateway) -> None:
     body = {"tpm": 100, "monthly_cost": "0.000001"}
     resp = await client.put(f"/admin/keys/{key.id}/limits", json=body, headers=ADMIN)
     assert resp.status_code == 200 and resp.json()["limits"] == {**NO_LIMITS, **body}
-    assert (await store.get_key(key.id)).limits == {"tpm": 100, "monthly_cost_pico": 1_000_000}
+    assert (await store.get_key(key.id)).limits == LimitSpec(tpm=100, monthly_cost_pico=1_000_000)
     assert (await client.get(f"/admin/keys/{key.id}", headers=ADMIN)).json()["limits"] == {
         **NO_LIMITS,
         **body,

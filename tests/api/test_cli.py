@@ -241,15 +241,106 @@ def test_limits_set_show_and_clear(cli: Cli, tmp_path: Path) -> None:
 
 
 async def _limits_of(cli: Cli, key_id: str) -> tuple[object, object]:
+    """The tenant's and the key's limits in their stored form (None: not set)."""
     store = cli.store()
     await store.open()
     try:
-        return (await store.get_tenant("acme")).limits, (await store.get_key(key_id)).limits
+        tenant, key = (await store.get_tenant("acme")).limits, (await store.get_key(key_id)).limits
     finally:
         await store.close()
+    return (tenant.stored() if tenant else None), (key.stored() if key else None)
 
 
 def test_serve_in_production_refuses_a_placeholder_admin_token(cli: Cli) -> None:
     cli.env.update(GATEWAY_ENVIRONMENT="production", GATEWAY_ADMIN_TOKEN="changeme", GATEWAY_PORT="0")
     refused = cli.run("serve", ok=False)
     assert refused.stderr.startswith("error: GATEWAY_ADMIN_TOKEN is shorter than 32 characters; production")
+
+
+POOLS = 'pools:\n  - served_name: m\n    endpoints: ["http://127.0.0.1:9"]\n'
+PRICES = 'prices:\n  - model: m\n    effective: 2026-01-01\n    prompt_per_million: "0.10"\n'
+
+
+@pytest.mark.parametrize(
+    ("command", "name", "text", "where", "expected"),
+    [
+        (
+            "serve",
+            "pools",
+            POOLS + "    queue: {max_wait_s: -1}\n",
+            "pools[0].queue.max_wait_s",
+            "Input should be greater than 0 (got -1)",
+        ),
+        (
+            "serve",
+            "pools",
+            POOLS + "    qeue: {}\n",
+            "pools[0].qeue",
+            "unknown key; expected one of served_name,",
+        ),
+        (
+            "serve",
+            "pools",
+            POOLS + "    replicas: two\n",
+            "pools[0].replicas",
+            "Input should be a valid integer",
+        ),
+        (
+            "serve",
+            "prices",
+            PRICES + "    completion_per_million: 0.4\n",
+            "prices[0].completion_per_million",
+            "must be quoted (a YAML float would lose digits)",
+        ),
+        (
+            "serve",
+            "prices",
+            PRICES + "    per_token: '1'\n",
+            "prices[0].per_token",
+            "unknown key; expected one of",
+        ),
+        ("serve", "limits", "defaults: {rpm: lots}\n", "defaults.rpm", "must be a whole number from 0 to"),
+        ("up", "pools", POOLS + "    engine: tgi\n", "pools[0].engine", "Input should be 'vllm' or 'sim'"),
+        ("up", "prices", "prices: {}\n", "prices", "Input should be a valid list"),
+    ],
+)
+def test_a_bad_config_file_fails_at_start_with_one_line_naming_file_and_key(
+    cli: Cli, tmp_path: Path, command: str, name: str, text: str, where: str, expected: str
+) -> None:
+    files = {"pools": POOLS, "prices": PRICES, "limits": "defaults: {rpm: 60}\n", name: text}
+    for file, content in files.items():
+        (tmp_path / f"{file}.yaml").write_text(content)
+    cli.env.update(
+        GATEWAY_CONFIG_PATH=str(tmp_path / "pools.yaml"),
+        GATEWAY_PRICES_PATH=str(tmp_path / "prices.yaml"),
+        GATEWAY_LIMITS_PATH=str(tmp_path / "limits.yaml"),
+        GATEWAY_PORT="0",
+    )
+    refused = cli.run(command, ok=False)
+    assert refused.returncode == 2 and refused.stdout == "" and "Traceback" not in refused.stderr
+    [line] = refused.stderr.splitlines()
+    assert line.startswith(f"error: {tmp_path / name}.yaml: {where}: {expected}"), line
+
+
+def test_a_bad_setting_or_limits_file_is_one_line_and_status_2(cli: Cli, tmp_path: Path) -> None:
+    cli.env["GATEWAY_PORT"] = "eighty"
+    refused = cli.run("tenants", "list", ok=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("error: GATEWAY_PORT: Input should be a valid integer")
+    assert len(refused.stderr.splitlines()) == 1
+    del cli.env["GATEWAY_PORT"]
+    cli.run("tenants", "create", "acme")
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("defaults: {tmp: 5}\n")
+    cli.env["GATEWAY_LIMITS_PATH"] = str(limits)
+    refused = cli.run("limits", "show", "--tenant", "acme", ok=False)
+    assert refused.returncode == 2 and refused.stderr == (
+        f"error: {limits}: defaults.tmp: unknown limit; the limits are rpm, tpm, max_concurrent, "
+        "monthly_tokens, monthly_cost\n"
+    )
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("currency: USD\nprices: []\nextra: 1\n")
+    cli.env["GATEWAY_PRICES_PATH"] = str(prices)
+    refused = cli.run("usage", "report", "--from", "2026-11-01", "--to", "2026-11-01", ok=False)
+    assert refused.returncode == 2
+    assert refused.stderr == f"error: {prices}: extra: unknown key; expected one of currency, prices\n"

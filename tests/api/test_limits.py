@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from gateway.app import create_app
+from gateway.limit_spec import LimitSpec
 from gateway.records import Outcome, UsageRecord
 from gateway.settings import Settings
 from gateway.store.sqlite import SqliteStore
@@ -30,7 +31,7 @@ async def chat(gw: Gateway, secret: str, **extra: object) -> httpx.Response:
 
 async def test_requests_per_minute_gives_429_with_retry_after_and_headers(gateway: Gateway) -> None:
     secret, key = await gateway.new_key("rpm")
-    await gateway.state.store.set_tenant_limits("rpm", {"rpm": 2})
+    await gateway.state.store.set_tenant_limits("rpm", LimitSpec(rpm=2))
     first, second, third = [await chat(gateway, secret) for _ in range(3)]
     assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
     assert [first.headers[f"x-ratelimit-{h}-requests"] for h in HEADERS[:2]] == ["2", "1"]
@@ -49,7 +50,7 @@ async def test_requests_per_minute_gives_429_with_retry_after_and_headers(gatewa
 
 async def test_tokens_are_reserved_then_settled_to_actual_usage(gateway: Gateway) -> None:
     secret, _ = await gateway.new_key("tpm")
-    await gateway.state.store.set_tenant_limits("tpm", {"tpm": 6000})
+    await gateway.state.store.set_tenant_limits("tpm", LimitSpec(tpm=6000))
     first = await chat(gateway, secret, max_tokens=50)
     assert first.status_code == 200
     # Admission reserved the estimated prompt (the sim has no tokenizer: the heuristic, which
@@ -68,7 +69,7 @@ async def test_tokens_are_reserved_then_settled_to_actual_usage(gateway: Gateway
 
 async def test_concurrency_limit_and_release(gateway: Gateway) -> None:
     secret, _ = await gateway.new_key("conc")
-    await gateway.state.store.set_tenant_limits("conc", {"max_concurrent": 1})
+    await gateway.state.store.set_tenant_limits("conc", LimitSpec(max_concurrent=1))
     await gateway.sim(ttft_ms=300)
     first, second = await asyncio.gather(chat(gateway, secret), chat(gateway, secret))
     assert sorted([first.status_code, second.status_code]) == [200, 429]
@@ -81,14 +82,14 @@ async def test_concurrency_limit_and_release(gateway: Gateway) -> None:
 async def test_a_key_limit_applies_on_top_of_its_tenant(gateway: Gateway) -> None:
     limited, key = await gateway.new_key("keys")
     free, _ = await gateway.new_key("keys")
-    await gateway.state.store.update_key(key.id, limits={"rpm": 1})
+    await gateway.state.store.update_key(key.id, limits=LimitSpec(rpm=1))
     assert [(await chat(gateway, limited)).status_code for _ in range(2)] == [200, 429]
     assert [(await chat(gateway, free)).status_code for _ in range(2)] == [200, 200]
 
 
 async def test_the_openai_sdk_sees_rate_limit_error_and_its_retry_works(gateway: Gateway) -> None:
     secret, _ = await gateway.new_key("sdk")
-    await gateway.state.store.set_tenant_limits("sdk", {"rpm": 120})  # refills 2 a second
+    await gateway.state.store.set_tenant_limits("sdk", LimitSpec(rpm=120))  # refills 2 a second
     transport = httpx.ASGITransport(app=gateway.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway/v1") as http:
         strict = openai.AsyncOpenAI(
@@ -118,7 +119,7 @@ async def test_monthly_budget_starts_from_the_ledger_after_a_restart(sim_engine:
     store = SqliteStore(tmp_path / "g.db")
     await store.open()
     tenant = await store.create_tenant("budget")
-    await store.set_tenant_limits("budget", {"monthly_tokens": 1000})
+    await store.set_tenant_limits("budget", LimitSpec(monthly_tokens=1000))
     new = generate_key()
     key = await store.create_key("budget", new.key_hash, new.prefix, None, None)
     now = time.time()
@@ -175,7 +176,7 @@ async def test_redis_down_fails_open_or_closed_as_configured_and_is_counted(
     ):
         gw = Gateway(app, client, app.state.gateway, sim_engine)
         secret, _ = await gw.new_key("redisless")
-        await gw.state.store.set_tenant_limits("redisless", {"rpm": 100})
+        await gw.state.store.set_tenant_limits("redisless", LimitSpec(rpm=100))
         response = await chat(gw, secret)
         if fail_open:
             assert response.status_code == 200

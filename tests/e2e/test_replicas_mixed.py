@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from gateway.config.pools import PoolSpec
+from gateway.limit_spec import LimitSpec
 from gateway.records import Outcome
 from gateway.store.postgres import PostgresStore
 from tests.e2e.conftest import GatewayProcess, start_gateway
@@ -174,7 +175,7 @@ async def test_mixed_load_over_three_replicated_gateways(tmp_path: Path) -> None
             steady_key = gateways[0].new_key("steady")
             capped_key = gateways[1].new_key("capped")
             await store.open()
-            await store.set_tenant_limits("capped", {"rpm": CAPPED_RPM})
+            await store.set_tenant_limits("capped", LimitSpec(rpm=CAPPED_RPM))
             await asyncio.sleep(AUTH_CACHE_TTL_S + 0.5)  # every replica's key cache has the limit
             prompt_before, generated_before = engine_counters(engine_urls)
 

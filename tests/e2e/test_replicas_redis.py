@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 
 from gateway.config.pools import PoolSpec
+from gateway.limit_spec import LimitSpec
 from gateway.records import Outcome
 from gateway.store.postgres import PostgresStore
 from tests.e2e.conftest import GatewayProcess, start_gateway
@@ -54,7 +55,7 @@ async def test_a_burst_over_three_replicas_stays_within_one_request_of_the_limit
             store = PostgresStore(url)
             await store.open()
             try:
-                await store.set_tenant_limits("bursty", {"rpm": RPM})
+                await store.set_tenant_limits("bursty", LimitSpec(rpm=RPM))
                 await asyncio.sleep(1)  # every replica's key cache (0.5 s) has seen the limit
                 statuses = await burst(gateways, key)
                 admitted = statuses.count(200)

@@ -4,14 +4,15 @@ source, so the rules in README's "Architecture" section stay true as the code gr
 Layers, bottom to top (a module imports only from its own layer or below; inside a layer, the
 packages' imports form no cycle):
 
-0. ``errors``, ``records``, ``money``, ``utc``, ``clock``, ``protocol``, ``metrics``, ``settings``,
-   ``inference`` (the typed request), ``config/`` — plain types and values
-1. ``store/`` — the database
-2. ``routing/``, ``admission/``, ``metering/``, ``tenancy/``, ``reporting/``, ``supervisor`` — subsystems
-3. ``serving/`` — the request path: proxy, exchange, relay, upstream client
-4. ``state`` — what the lifespan built
-5. ``api/`` — the routes
-6. ``app``, then ``server``, then ``cli/``
+0. ``errors``, ``records``, ``limit_spec``, ``money``, ``utc``, ``clock``, ``protocol``, ``metrics``,
+   ``inference`` (the typed request) — plain types and values
+1. ``config/``, ``settings`` — configuration files and process settings, validated
+2. ``store/`` — the database
+3. ``routing/``, ``admission/``, ``metering/``, ``tenancy/``, ``reporting/``, ``supervisor`` — subsystems
+4. ``serving/`` — the request path: proxy, exchange, relay, upstream client
+5. ``state`` — what the lifespan built
+6. ``api/`` — the routes
+7. ``app``, then ``server``, then ``cli/``
 """
 
 from __future__ import annotations
@@ -28,7 +29,18 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
 LAYERS: list[set[str]] = [
-    {"errors", "records", "money", "utc", "clock", "protocol", "metrics", "settings", "inference", "config"},
+    {
+        "errors",
+        "records",
+        "limit_spec",
+        "money",
+        "utc",
+        "clock",
+        "protocol",
+        "metrics",
+        "inference",
+    },
+    {"config", "settings"},
     {"store"},
     {"routing", "admission", "metering", "tenancy", "reporting", "supervisor"},
     {"serving"},

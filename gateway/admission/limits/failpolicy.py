@@ -15,12 +15,12 @@ from collections.abc import Callable
 from gateway.admission.limits.model import (
     BudgetRemaining,
     Limiter,
-    Limits,
     RateLimitState,
     Reservation,
     Subject,
 )
 from gateway.errors import LimiterUnavailableError
+from gateway.limit_spec import LimitSpec
 from gateway.utc import month_of
 
 logger = logging.getLogger("gateway.admission.limits")
@@ -80,8 +80,8 @@ class FailPolicyLimiter:
     async def admit(
         self,
         subject: Subject,
-        limits: Limits,
-        key_limits: Limits | None = None,
+        limits: LimitSpec,
+        key_limits: LimitSpec | None = None,
         *,
         tokens: int,
         cost_pico: int = 0,
@@ -119,7 +119,7 @@ class FailPolicyLimiter:
             if not self.fail_open:
                 raise self._unavailable(exc) from exc
 
-    async def remaining_budget(self, tenant_id: str, limits: Limits) -> BudgetRemaining:
+    async def remaining_budget(self, tenant_id: str, limits: LimitSpec) -> BudgetRemaining:
         """Raises ``LimiterUnavailableError`` in both modes: an unknown budget is not an unlimited one."""
         try:
             return await self.inner.remaining_budget(tenant_id, limits)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.admission.limits.model import BudgetRemaining, Limits, Reservation, Subject
+from gateway.admission.limits.model import BudgetRemaining, Reservation, Subject
 from gateway.admission.limits.policy import (
     Demand,
     ScopeView,
@@ -23,6 +23,7 @@ from gateway.admission.limits.policy import (
     seeded_scope,
 )
 from gateway.clock import Clock, wall
+from gateway.limit_spec import LimitSpec
 from gateway.utc import month_of
 
 
@@ -90,8 +91,8 @@ class InProcessLimiter:
     async def admit(
         self,
         subject: Subject,
-        limits: Limits,
-        key_limits: Limits | None = None,
+        limits: LimitSpec,
+        key_limits: LimitSpec | None = None,
         *,
         tokens: int,
         cost_pico: int = 0,
@@ -169,7 +170,7 @@ class InProcessLimiter:
         used = self._month(tenant_id, scope_id(seeded_scope(key_id), key_id), month)
         used[0], used[1] = max(used[0], tokens), max(used[1], cost_pico)
 
-    async def remaining_budget(self, tenant_id: str, limits: Limits) -> BudgetRemaining:
+    async def remaining_budget(self, tenant_id: str, limits: LimitSpec) -> BudgetRemaining:
         state = self._scopes.get((tenant_id, "t"), _ScopeState())
         state.sweep(self._clock())
         used = self._months.get((tenant_id, "t", month_of(self._clock())), [0, 0])

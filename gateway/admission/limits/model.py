@@ -1,5 +1,7 @@
 """The limiter's vocabulary: quotas, who is limited, what admission took, and why it refused.
 
+What a scope may use is a ``gateway.limit_spec.LimitSpec``, the same object the records carry.
+
 A request is checked against its tenant's limits (buckets shared by every key of the tenant) and,
 when its key has limits of its own, against the key's limits too (buckets of that key alone). So a
 key override can only tighten what the key may use: the tenant-wide limits still hold for the
@@ -9,60 +11,14 @@ tenant's total across all its keys.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from gateway.errors import RateLimitError
+from gateway.limit_spec import LimitSpec
 
 Reason = Literal["requests", "tokens", "concurrency", "monthly_tokens", "monthly_cost"]
 Scope = Literal["tenant", "key"]
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """One scope's quotas; ``None`` is unlimited.
-
-    ``rpm`` and ``tpm`` are token buckets refilling continuously at limit/60 per second with a burst
-    of the per-minute limit; ``tpm`` counts prompt + completion tokens. Monthly budgets count UTC
-    calendar months; ``monthly_cost_pico`` is in picodollars like every cost in the gateway.
-    """
-
-    rpm: int | None = None
-    tpm: int | None = None
-    max_concurrent: int | None = None
-    monthly_tokens: int | None = None
-    monthly_cost_pico: int | None = None
-
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{item.name} must be a whole number ≥ 0 or None, not {value!r}")
-
-    @classmethod
-    def from_values(cls, values: Mapping[str, int] | None) -> Limits:
-        """From stored limits (``gateway.records.LimitValues``); names left out are unlimited."""
-        if not values:
-            return cls()
-        unknown = set(values) - {item.name for item in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown limits {sorted(unknown)}")
-        return cls(**values)
-
-    @property
-    def unlimited(self) -> bool:
-        return self.rpm is None and self.tpm is None and not self.needs_lease
-
-    @property
-    def monthly(self) -> bool:
-        """Whether usage must be counted toward a monthly budget of this scope."""
-        return self.monthly_tokens is not None or self.monthly_cost_pico is not None
-
-    @property
-    def needs_lease(self) -> bool:
-        """Whether admission holds something until settled: a concurrency slot or a budget reservation."""
-        return self.max_concurrent is not None or self.monthly
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +163,8 @@ class Limiter(Protocol):
     async def admit(
         self,
         subject: Subject,
-        limits: Limits,
-        key_limits: Limits | None = None,
+        limits: LimitSpec,
+        key_limits: LimitSpec | None = None,
         *,
         tokens: int,
         cost_pico: int = 0,
@@ -222,6 +178,6 @@ class Limiter(Protocol):
         """Raise the month's usage counters to at least the ledger's totals (idempotent across replicas)."""
         ...
 
-    async def remaining_budget(self, tenant_id: str, limits: Limits) -> BudgetRemaining: ...
+    async def remaining_budget(self, tenant_id: str, limits: LimitSpec) -> BudgetRemaining: ...
 
     async def aclose(self) -> None: ...

@@ -12,7 +12,8 @@ import math
 import secrets
 from dataclasses import dataclass
 
-from gateway.admission.limits.model import Hold, LimitExceeded, Limits, Quota, RateLimitState, Reason, Scope
+from gateway.admission.limits.model import Hold, LimitExceeded, Quota, RateLimitState, Reason, Scope
+from gateway.limit_spec import LimitSpec
 from gateway.utc import month_end
 
 MINUTE_S = 60.0
@@ -24,7 +25,7 @@ class ScopeView:
     """One scope's counters at admission, before this request; levels are refilled to ``now``."""
 
     scope: Scope
-    limits: Limits
+    limits: LimitSpec
     requests_level: float = 0.0  # RPM bucket (meaningful when limits.rpm is set); may be < 0
     tokens_level: float = 0.0  # TPM bucket; negative after an overrun, paid back by refill
     concurrent: int = 0  # live leases
@@ -47,9 +48,9 @@ def require_amounts(tokens: int, cost_pico: int) -> None:
         raise ValueError(f"tokens and cost must be ≥ 0, not {tokens} and {cost_pico}")
 
 
-def scopes(limits: Limits, key_limits: Limits | None) -> list[tuple[Scope, Limits]]:
+def scopes(limits: LimitSpec, key_limits: LimitSpec | None) -> list[tuple[Scope, LimitSpec]]:
     """The scopes a request is checked in: its tenant's, and its key's when the key has limits."""
-    found: list[tuple[Scope, Limits]] = []
+    found: list[tuple[Scope, LimitSpec]] = []
     if not limits.unlimited:
         found.append(("tenant", limits))
     if key_limits is not None and not key_limits.unlimited:
@@ -66,7 +67,7 @@ def seeded_scope(key_id: str | None) -> Scope:
     return "tenant" if key_id is None else "key"
 
 
-def hold_for(scope: Scope, limits: Limits) -> Hold:
+def hold_for(scope: Scope, limits: LimitSpec) -> Hold:
     return Hold(scope=scope, tpm=limits.tpm, lease=limits.needs_lease, monthly=limits.monthly)
 
 

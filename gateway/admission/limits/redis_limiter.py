@@ -19,7 +19,6 @@ from gateway.admission.limits import lua
 from gateway.admission.limits.model import (
     BudgetRemaining,
     Hold,
-    Limits,
     RateLimitState,
     Reservation,
     Scope,
@@ -38,6 +37,7 @@ from gateway.admission.limits.policy import (
     scopes,
     seeded_scope,
 )
+from gateway.limit_spec import LimitSpec
 from gateway.utc import month_end, month_of
 
 _DAY_S = 86_400.0
@@ -48,7 +48,7 @@ def _arg(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def _limits_arg(limits: Limits) -> str:
+def _limits_arg(limits: LimitSpec) -> str:
     values = (limits.rpm, limits.tpm, limits.max_concurrent, limits.monthly_tokens, limits.monthly_cost_pico)
     return " ".join(_arg(value) for value in values)
 
@@ -57,7 +57,7 @@ def _hold_arg(hold: Hold) -> str:
     return f"{_arg(hold.tpm)} {int(hold.lease)} {int(hold.monthly)}"
 
 
-def _view(scope: Scope, limits: Limits, raw: Sequence[bytes]) -> ScopeView:
+def _view(scope: Scope, limits: LimitSpec, raw: Sequence[bytes]) -> ScopeView:
     return ScopeView(
         scope=scope,
         limits=limits,
@@ -114,8 +114,8 @@ class RedisLimiter:
     async def admit(
         self,
         subject: Subject,
-        limits: Limits,
-        key_limits: Limits | None = None,
+        limits: LimitSpec,
+        key_limits: LimitSpec | None = None,
         *,
         tokens: int,
         cost_pico: int = 0,
@@ -173,7 +173,7 @@ class RedisLimiter:
         month_key = self._keys(tenant_id, scope_id(seeded_scope(key_id), key_id), month)[2]
         await self._seed(keys=[month_key], args=[str(tokens), str(cost_pico), self._month_ttl_ms(month)])
 
-    async def remaining_budget(self, tenant_id: str, limits: Limits) -> BudgetRemaining:
+    async def remaining_budget(self, tenant_id: str, limits: LimitSpec) -> BudgetRemaining:
         state_key, _, month_key = self._keys(tenant_id, "t", month_of(self._wall()))
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.hmget(month_key, ["tokens", "cost"])

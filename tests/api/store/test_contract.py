@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from gateway.limit_spec import LimitSpec
 from gateway.records import Outcome, TenantStatus, UsageGroup, UsageRecord
 from gateway.store import ConflictError, NotFoundError, Store
 
@@ -174,15 +175,15 @@ async def test_limits_are_stored_per_tenant_and_key_and_travel_with_the_key(stor
     await store.create_tenant("acme")
     key = await store.create_key("acme", "a" * 64, "p", None, None)
     assert (key.limits, key.tenant_limits) == (None, None)
-    tenant = await store.set_tenant_limits("acme", {"rpm": 60, "monthly_cost_pico": 5 * 10**12})
-    assert tenant.limits == {"rpm": 60, "monthly_cost_pico": 5 * 10**12}
+    tenant = await store.set_tenant_limits("acme", LimitSpec(rpm=60, monthly_cost_pico=5 * 10**12))
+    assert tenant.limits == LimitSpec(rpm=60, monthly_cost_pico=5 * 10**12)
     assert (await store.get_tenant("acme")).limits == tenant.limits
-    updated = await store.update_key(key.id, limits={"tpm": 1000})
-    assert (updated.limits, updated.models) == ({"tpm": 1000}, None)
+    updated = await store.update_key(key.id, limits=LimitSpec(tpm=1000))
+    assert (updated.limits, updated.models) == (LimitSpec(tpm=1000), None)
     found = await store.get_key_by_hash("a" * 64)
-    assert found is not None and found.limits == {"tpm": 1000} and found.tenant_limits == tenant.limits
-    assert (await store.update_key(key.id, expires_at=None)).limits == {"tpm": 1000}  # untouched
+    assert found is not None and found.limits == LimitSpec(tpm=1000) and found.tenant_limits == tenant.limits
+    assert (await store.update_key(key.id, expires_at=None)).limits == LimitSpec(tpm=1000)  # untouched
     assert (await store.update_key(key.id, limits=None)).limits is None
     assert (await store.set_tenant_limits("acme", None)).limits is None
     with pytest.raises(NotFoundError):
-        await store.set_tenant_limits("nobody", {"rpm": 1})
+        await store.set_tenant_limits("nobody", LimitSpec(rpm=1))

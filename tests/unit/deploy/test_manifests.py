@@ -12,9 +12,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.admission.limit_config import load_default_limits
+from gateway.config.limits import load_default_limits
 from gateway.config.pools import DeploymentSpec
-from gateway.metering.pricing import load_prices
+from gateway.config.prices import load_prices
+from gateway.metering.pricing import PriceBook
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 KUBERNETES_VERSION = "1.33.0"  # the oldest release the manifests must apply to
@@ -137,7 +138,7 @@ def test_gateway_config_loads_and_each_pool_discovers_a_headless_engine_service(
     for name, text in data.items():
         (tmp_path / name).write_text(text)
     spec = DeploymentSpec.model_validate(yaml.safe_load(data["pools.yaml"]))
-    prices = load_prices(tmp_path / "prices.yaml")
+    prices = PriceBook.from_table(load_prices(tmp_path / "prices.yaml"))
     assert load_default_limits(tmp_path / "limits.yaml") is not None
     services = {s["metadata"]["name"]: s for s in of_kind("Service")}
     engines = {e["spec"]["serviceName"]: e for e in of_kind("StatefulSet")}

@@ -6,8 +6,9 @@ import pytest
 from pydantic import SecretStr
 
 from gateway.app import create_app
+from gateway.config.loader import ConfigError
 from gateway.config.pools import DeploymentSpec
-from gateway.settings import Settings, SettingsError, admin_token_problem
+from gateway.settings import Settings, admin_token_problem
 
 GOOD = "Xq3v9Lr0Tz7Kp2Wm5Bn8Cj4Hd6Fg1Ys0Ae"
 
@@ -32,7 +33,7 @@ GOOD = "Xq3v9Lr0Tz7Kp2Wm5Bn8Cj4Hd6Fg1Ys0Ae"
 def test_production_refuses_a_missing_or_placeholder_admin_token(token: str | None) -> None:
     settings = Settings(environment="production", admin_token=token)
     assert admin_token_problem(settings.admin_token) is not None
-    with pytest.raises(SettingsError, match="GATEWAY_ADMIN_TOKEN"):
+    with pytest.raises(ConfigError, match="GATEWAY_ADMIN_TOKEN"):
         create_app(settings, DeploymentSpec(pools=[]))
 
 
@@ -63,7 +64,7 @@ def test_replicated_refuses_state_that_is_not_shared(
     database_url: str, redis_url: str | None, missing: str
 ) -> None:
     settings = Settings(replicated=True, database_url=database_url, redis_url=redis_url)
-    with pytest.raises(SettingsError, match=missing):
+    with pytest.raises(ConfigError, match=missing):
         settings.check_startup()
     Settings(replicated=False, database_url=database_url, redis_url=redis_url).check_startup()
 

@@ -14,19 +14,19 @@ from gateway.admission.limits import (
     InProcessLimiter,
     Limiter,
     LimitExceeded,
-    Limits,
     RateLimitState,
     Reservation,
     Subject,
     create_limiter,
 )
 from gateway.errors import LimiterUnavailableError
+from gateway.limit_spec import LimitSpec
 from tests.support.clock import FakeClock
 from tests.support.processes import free_port
 from tests.support.redis import redis_url, require_redis, temporary_prefix
 
 ACME = Subject("ten_acme", "key_a")
-LIMITS = Limits(rpm=10, max_concurrent=2, monthly_tokens=1000)
+LIMITS = LimitSpec(rpm=10, max_concurrent=2, monthly_tokens=1000)
 
 
 @pytest.fixture
@@ -117,9 +117,9 @@ async def test_limits_still_refuse_through_the_policy() -> None:
     async with temporary_prefix("test-limits") as prefix:
         limiter = create_limiter(redis_url(), fail_open=True, prefix=prefix)
         try:
-            await limiter.admit(ACME, Limits(rpm=1), tokens=0)
+            await limiter.admit(ACME, LimitSpec(rpm=1), tokens=0)
             with pytest.raises(LimitExceeded):
-                await limiter.admit(ACME, Limits(rpm=1), tokens=0)
+                await limiter.admit(ACME, LimitSpec(rpm=1), tokens=0)
             assert isinstance(limiter, FailPolicyLimiter) and limiter.failures_total == 0
         finally:
             await limiter.aclose()

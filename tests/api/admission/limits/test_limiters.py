@@ -10,11 +10,11 @@ from gateway.admission.limits import (
     BudgetRemaining,
     Limiter,
     LimitExceeded,
-    Limits,
     Quota,
     Reservation,
     Subject,
 )
+from gateway.limit_spec import LimitSpec
 from tests.api.admission.limits.conftest import LEASE_TTL_S
 from tests.support.clock import FakeClock
 
@@ -25,8 +25,8 @@ ACME_B = Subject("ten_acme", "key_b")
 async def refused(
     limiter: Limiter,
     subject: Subject,
-    limits: Limits,
-    key: Limits | None = None,
+    limits: LimitSpec,
+    key: LimitSpec | None = None,
     *,
     tokens: int = 0,
     cost_pico: int = 0,
@@ -37,7 +37,7 @@ async def refused(
 
 
 async def test_rpm_admits_exactly_the_limit_then_refuses(limiter: Limiter) -> None:
-    limits = Limits(rpm=5)
+    limits = LimitSpec(rpm=5)
     remaining = [(await limiter.admit(ACME, limits, tokens=0)).state.requests for _ in range(5)]
 
     assert remaining == [Quota(5, left, (5 - left) * 12.0) for left in (4, 3, 2, 1, 0)]
@@ -54,7 +54,7 @@ async def test_rpm_admits_exactly_the_limit_then_refuses(limiter: Limiter) -> No
 
 
 async def test_rpm_refills_continuously(limiter: Limiter, clock: FakeClock) -> None:
-    limits = Limits(rpm=60)  # one request per second
+    limits = LimitSpec(rpm=60)  # one request per second
     for _ in range(60):
         await limiter.admit(ACME, limits, tokens=0)
     clock.advance(0.5)
@@ -72,7 +72,7 @@ async def test_rpm_refills_continuously(limiter: Limiter, clock: FakeClock) -> N
 
 
 async def test_tpm_reserves_then_refunds_what_was_not_used(limiter: Limiter) -> None:
-    limits = Limits(tpm=1000)
+    limits = LimitSpec(tpm=1000)
     first = await limiter.admit(ACME, limits, tokens=600)
     assert first.state.tokens == Quota(1000, 400, pytest.approx(36.0))
 
@@ -86,7 +86,7 @@ async def test_tpm_reserves_then_refunds_what_was_not_used(limiter: Limiter) -> 
 
 
 async def test_tpm_overrun_is_paid_back_before_the_next_request(limiter: Limiter, clock: FakeClock) -> None:
-    limits = Limits(tpm=1000)
+    limits = LimitSpec(tpm=1000)
     reservation = await limiter.admit(ACME, limits, tokens=100)
     await limiter.settle(reservation, 1600, 0)  # 1,500 more than reserved: the bucket goes to -600
 
@@ -98,7 +98,7 @@ async def test_tpm_overrun_is_paid_back_before_the_next_request(limiter: Limiter
 
 
 async def test_a_request_larger_than_the_tpm_limit_is_told_not_to_retry(limiter: Limiter) -> None:
-    error = await refused(limiter, ACME, Limits(tpm=1000), tokens=1001)
+    error = await refused(limiter, ACME, LimitSpec(tpm=1000), tokens=1001)
 
     assert (error.reason, error.retry_after_s) == ("tokens", None)
     assert "retry-after" not in error.headers
@@ -106,7 +106,7 @@ async def test_a_request_larger_than_the_tpm_limit_is_told_not_to_retry(limiter:
 
 
 async def test_concurrency_slots_come_back_on_settle(limiter: Limiter) -> None:
-    limits = Limits(max_concurrent=2)
+    limits = LimitSpec(max_concurrent=2)
     first = await limiter.admit(ACME, limits, tokens=10)
     await limiter.admit(ACME, limits, tokens=10)
     error = await refused(limiter, ACME, limits)
@@ -118,7 +118,7 @@ async def test_concurrency_slots_come_back_on_settle(limiter: Limiter) -> None:
 
 
 async def test_leases_of_requests_that_never_settle_expire(limiter: Limiter, clock: FakeClock) -> None:
-    limits = Limits(max_concurrent=2, monthly_tokens=1000)
+    limits = LimitSpec(max_concurrent=2, monthly_tokens=1000)
     lost = [await limiter.admit(ACME, limits, tokens=400) for _ in range(2)]  # a crashed replica's
     await refused(limiter, ACME, limits, tokens=100)
 
@@ -131,7 +131,7 @@ async def test_leases_of_requests_that_never_settle_expire(limiter: Limiter, clo
 
 
 async def test_monthly_tokens_count_reservations_and_usage(limiter: Limiter, clock: FakeClock) -> None:
-    limits = Limits(monthly_tokens=1000)
+    limits = LimitSpec(monthly_tokens=1000)
     first = await limiter.admit(ACME, limits, tokens=600)
     error = await refused(limiter, ACME, limits, tokens=500)
     until_december = dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp() - clock.now
@@ -148,7 +148,7 @@ async def test_monthly_tokens_count_reservations_and_usage(limiter: Limiter, clo
 
 async def test_monthly_budget_resets_when_the_month_rolls_over(limiter: Limiter, clock: FakeClock) -> None:
     clock.now = dt.datetime(2026, 11, 30, 23, 59, 58, tzinfo=dt.UTC).timestamp()
-    limits = Limits(monthly_tokens=100)
+    limits = LimitSpec(monthly_tokens=100)
     await limiter.settle(await limiter.admit(ACME, limits, tokens=100), 100, 0)
     error = await refused(limiter, ACME, limits, tokens=1)
     assert (error.reason, error.retry_after_s) == ("monthly_tokens", pytest.approx(2.0))
@@ -160,7 +160,7 @@ async def test_monthly_budget_resets_when_the_month_rolls_over(limiter: Limiter,
 
 async def test_monthly_cost_is_exact_beyond_float_precision(limiter: Limiter) -> None:
     budget = 2**62 + 1  # picodollars: beyond 2^53, where a double would round
-    limits = Limits(monthly_cost_pico=budget)
+    limits = LimitSpec(monthly_cost_pico=budget)
     await limiter.seed_month("ten_acme", "2026-11", 0, 2**62 - 7)
     reservation = await limiter.admit(ACME, limits, tokens=10, cost_pico=5)
     assert (await limiter.remaining_budget("ten_acme", limits)).cost_pico == 3
@@ -172,7 +172,7 @@ async def test_monthly_cost_is_exact_beyond_float_precision(limiter: Limiter) ->
 
 
 async def test_seeding_raises_counters_and_never_counts_twice(limiter: Limiter) -> None:
-    limits = Limits(monthly_tokens=1000, monthly_cost_pico=10**9)
+    limits = LimitSpec(monthly_tokens=1000, monthly_cost_pico=10**9)
     await limiter.seed_month("ten_acme", "2026-11", 500, 10**6)
     await limiter.seed_month("ten_acme", "2026-11", 500, 10**6)  # a second replica starting
     await limiter.seed_month("ten_acme", "2026-11", 300, 10**5)  # a stale ledger read
@@ -187,7 +187,7 @@ async def test_seeding_raises_counters_and_never_counts_twice(limiter: Limiter) 
 
 
 async def test_key_limits_and_the_tenant_total_both_hold(limiter: Limiter) -> None:
-    tenant, key_a = Limits(rpm=5), Limits(rpm=2)
+    tenant, key_a = LimitSpec(rpm=5), LimitSpec(rpm=2)
     first = await limiter.admit(ACME, tenant, key_a, tokens=0)
     assert first.state.requests == Quota(2, 1, pytest.approx(30.0))  # the key binds first
     await limiter.admit(ACME, tenant, key_a, tokens=0)
@@ -200,7 +200,7 @@ async def test_key_limits_and_the_tenant_total_both_hold(limiter: Limiter) -> No
 
 
 async def test_a_refused_request_takes_nothing(limiter: Limiter) -> None:
-    tenant, key = Limits(rpm=10, max_concurrent=5, monthly_tokens=10_000), Limits(tpm=100)
+    tenant, key = LimitSpec(rpm=10, max_concurrent=5, monthly_tokens=10_000), LimitSpec(tpm=100)
     error = await refused(limiter, ACME, tenant, key, tokens=200)
     assert (error.scope, error.reason) == ("key", "tokens")
 
@@ -210,20 +210,20 @@ async def test_a_refused_request_takes_nothing(limiter: Limiter) -> None:
 
 
 async def test_the_longest_wait_is_reported_when_several_limits_refuse(limiter: Limiter) -> None:
-    limits = Limits(rpm=1, tpm=1000)
+    limits = LimitSpec(rpm=1, tpm=1000)
     await limiter.admit(ACME, limits, tokens=100)
     error = await refused(limiter, ACME, limits, tokens=950)  # tokens: 3 s more, requests: 60 s
     assert (error.reason, error.retry_after_s) == ("requests", pytest.approx(60.0))
     assert error.state.requests == Quota(1, 0, pytest.approx(60.0))
 
-    other, limits = Subject("ten_other", "key_o"), Limits(rpm=1, tpm=100)
+    other, limits = Subject("ten_other", "key_o"), LimitSpec(rpm=1, tpm=100)
     await limiter.settle(await limiter.admit(other, limits, tokens=100), 200, 0)  # tokens bucket at -100
     error = await refused(limiter, other, limits, tokens=100)  # tokens: 120 s, requests: 60 s
     assert (error.reason, error.retry_after_s) == ("tokens", pytest.approx(120.0))
 
 
 async def test_unlimited_subjects_get_no_headers_and_hold_nothing(limiter: Limiter) -> None:
-    reservation = await limiter.admit(ACME, Limits(), Limits(), tokens=10**9)
+    reservation = await limiter.admit(ACME, LimitSpec(), LimitSpec(), tokens=10**9)
 
     assert (reservation.holds, reservation.state.headers()) == ((), {})
     await limiter.settle(reservation, 10**9, 10**9)
@@ -231,7 +231,7 @@ async def test_unlimited_subjects_get_no_headers_and_hold_nothing(limiter: Limit
 
 
 async def test_settling_twice_gives_back_once(limiter: Limiter) -> None:
-    limits = Limits(max_concurrent=1, tpm=100)
+    limits = LimitSpec(max_concurrent=1, tpm=100)
     reservation: Reservation = await limiter.admit(ACME, limits, tokens=100)
     await limiter.settle(reservation, 0, 0)
     await limiter.settle(reservation, 0, 0)
@@ -242,7 +242,7 @@ async def test_settling_twice_gives_back_once(limiter: Limiter) -> None:
 
 
 async def test_more_lapsed_leases_than_one_sweep_clears(limiter: Limiter, clock: FakeClock) -> None:
-    limits = Limits(max_concurrent=150)
+    limits = LimitSpec(max_concurrent=150)
     for _ in range(150):
         await limiter.admit(ACME, limits, tokens=1)  # never settled
     clock.advance(LEASE_TTL_S + 1)
@@ -253,10 +253,10 @@ async def test_more_lapsed_leases_than_one_sweep_clears(limiter: Limiter, clock:
 
 
 async def test_a_key_can_be_limited_under_an_unlimited_tenant(limiter: Limiter) -> None:
-    reservation = await limiter.admit(ACME, Limits(), Limits(tpm=100), tokens=60)
+    reservation = await limiter.admit(ACME, LimitSpec(), LimitSpec(tpm=100), tokens=60)
 
     assert [hold.scope for hold in reservation.holds] == ["key"]
     assert reservation.state.tokens == Quota(100, 40, pytest.approx(36.0))
-    error = await refused(limiter, ACME, Limits(), Limits(tpm=100), tokens=60)
+    error = await refused(limiter, ACME, LimitSpec(), LimitSpec(tpm=100), tokens=60)
     assert (error.scope, error.reason) == ("key", "tokens")
-    await limiter.admit(ACME_B, Limits(), Limits(tpm=100), tokens=60)  # another key: its own bucket
+    await limiter.admit(ACME_B, LimitSpec(), LimitSpec(tpm=100), tokens=60)  # another key: its own bucket

@@ -17,7 +17,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from gateway.admission.limits import LimitExceeded, Limits, RedisLimiter, Subject
+from gateway.admission.limits import LimitExceeded, RedisLimiter, Subject
+from gateway.limit_spec import LimitSpec
 from tests.support.redis import redis_url, require_redis, temporary_prefix
 
 ACME = Subject("ten_acme", "key_a")
@@ -33,7 +34,7 @@ async def prefix() -> AsyncIterator[str]:
 
 async def test_buckets_refill_on_the_redis_servers_clock(prefix: str) -> None:
     limiter = RedisLimiter.from_url(redis_url(), prefix=prefix)  # no clock: Redis TIME
-    limits = Limits(rpm=120)  # two per second
+    limits = LimitSpec(rpm=120)  # two per second
     try:
         admitted, refusal = 0, None
         while refusal is None and admitted < 240:  # the bucket refills while this runs: go until empty
@@ -52,9 +53,9 @@ async def test_buckets_refill_on_the_redis_servers_clock(prefix: str) -> None:
 
 async def test_keys_share_the_tenants_hash_slot_and_expire(prefix: str) -> None:
     limiter = RedisLimiter.from_url(redis_url(), prefix=prefix, lease_ttl_s=60)
-    tenant = Limits(rpm=10, tpm=1000, max_concurrent=4, monthly_tokens=10**6)
+    tenant = LimitSpec(rpm=10, tpm=1000, max_concurrent=4, monthly_tokens=10**6)
     try:
-        reservation = await limiter.admit(ACME, tenant, Limits(max_concurrent=1), tokens=100)
+        reservation = await limiter.admit(ACME, tenant, LimitSpec(max_concurrent=1), tokens=100)
         await limiter.settle(reservation, 50, 7)
         async with Redis.from_url(redis_url()) as client:
             keys = sorted([key.decode() async for key in client.scan_iter(match=f"{prefix}*")])
@@ -74,10 +75,10 @@ async def test_keys_share_the_tenants_hash_slot_and_expire(prefix: str) -> None:
 async def test_one_round_trip_per_admit_and_per_settle(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     client = Redis.from_url(redis_url())
     limiter = RedisLimiter(client, prefix=prefix)
-    tenant = Limits(rpm=10, tpm=1000, max_concurrent=4, monthly_tokens=10**6, monthly_cost_pico=10**9)
+    tenant = LimitSpec(rpm=10, tpm=1000, max_concurrent=4, monthly_tokens=10**6, monthly_cost_pico=10**9)
     try:
         await limiter.settle(
-            await limiter.admit(ACME, tenant, Limits(rpm=5), tokens=1), 1, 1
+            await limiter.admit(ACME, tenant, LimitSpec(rpm=5), tokens=1), 1, 1
         )  # loads scripts
         sent: list[str] = []
         execute = client.execute_command
@@ -87,7 +88,7 @@ async def test_one_round_trip_per_admit_and_per_settle(prefix: str, monkeypatch:
             return await execute(*args, **options)
 
         monkeypatch.setattr(client, "execute_command", counted)
-        reservation = await limiter.admit(ACME, tenant, Limits(rpm=5), tokens=100, cost_pico=10)
+        reservation = await limiter.admit(ACME, tenant, LimitSpec(rpm=5), tokens=100, cost_pico=10)
         await limiter.settle(reservation, 80, 8)
         assert sent == ["EVALSHA", "EVALSHA"]
     finally:
@@ -96,10 +97,10 @@ async def test_one_round_trip_per_admit_and_per_settle(prefix: str, monkeypatch:
 
 # Tenant → its limits; each replica sends ATTEMPTS requests of 10 tokens to every tenant at once.
 BURSTS = {
-    "ten_rpm": Limits(rpm=20),
-    "ten_tpm": Limits(tpm=400),  # 40 requests of 10 tokens
-    "ten_concurrency": Limits(max_concurrent=25),  # never settled: exact
-    "ten_all": Limits(rpm=30, tpm=10_000, max_concurrent=50, monthly_tokens=250, monthly_cost_pico=10**6),
+    "ten_rpm": LimitSpec(rpm=20),
+    "ten_tpm": LimitSpec(tpm=400),  # 40 requests of 10 tokens
+    "ten_concurrency": LimitSpec(max_concurrent=25),  # never settled: exact
+    "ten_all": LimitSpec(rpm=30, tpm=10_000, max_concurrent=50, monthly_tokens=250, monthly_cost_pico=10**6),
 }
 ATTEMPTS = 80
 
@@ -110,7 +111,7 @@ def _hammer(url: str, prefix: str, barrier: Barrier, results: Queue[dict[str, in
     async def run() -> dict[str, int]:
         limiter = RedisLimiter.from_url(url, prefix=prefix, timeout_s=5)
         try:
-            await limiter.admit(Subject("ten_warmup", "key"), Limits(rpm=10**6), tokens=0)  # connect, load
+            await limiter.admit(Subject("ten_warmup", "key"), LimitSpec(rpm=10**6), tokens=0)  # connect, load
             barrier.wait()
             gate = asyncio.Semaphore(16)
 

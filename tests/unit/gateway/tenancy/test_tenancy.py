@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import InvalidRequestError, ResourceConflictError, ResourceNotFoundError
+from gateway.limit_spec import LimitSpec
 from gateway.records import TenantStatus
 from gateway.store.sqlite import SqliteStore
 from gateway.tenancy.service import TenancyService
@@ -121,15 +122,15 @@ async def test_limit_changes_drop_the_affected_keys_from_the_cache(store: Sqlite
     b = (await tenancy.create_key("acme")).key
     await store.create_tenant("other")
     other = (await tenancy.create_key("other")).key
-    tenant = await tenancy.set_tenant_limits("acme", {"rpm": 60, "monthly_cost_pico": 10**12})
-    assert tenant.limits == {"rpm": 60, "monthly_cost_pico": 10**12}
+    tenant = await tenancy.set_tenant_limits("acme", LimitSpec(rpm=60, monthly_cost_pico=10**12))
+    assert tenant.limits == LimitSpec(rpm=60, monthly_cost_pico=10**12)
     assert sorted(forgotten) == sorted([a.key_hash, b.key_hash])  # every key of the tenant, no other
     forgotten.clear()
-    assert (await tenancy.set_key_limits(other.id, {"tpm": 5})).limits == {"tpm": 5}
+    assert (await tenancy.set_key_limits(other.id, LimitSpec(tpm=5))).limits == LimitSpec(tpm=5)
     assert forgotten == [other.key_hash]
-    assert (await store.get_key(other.id)).limits == {"tpm": 5}
+    assert (await store.get_key(other.id)).limits == LimitSpec(tpm=5)
     assert (await tenancy.set_tenant_limits("acme", None)).limits is None
-    assert (await tenancy.set_key_limits(other.id, {})).limits is None  # nothing of its own
+    assert (await tenancy.set_key_limits(other.id, LimitSpec())).limits is None  # nothing of its own
 
 
 @pytest.mark.parametrize(
@@ -145,14 +146,15 @@ async def test_limit_changes_drop_the_affected_keys_from_the_cache(store: Sqlite
 async def test_bad_limits_are_refused_naming_the_field(
     store: SqliteStore, values: dict[str, int], param: str
 ) -> None:
+    """A malformed limit never becomes a ``LimitSpec``: a 400 naming the field, and nothing changes."""
     forgotten = Forgotten()
     tenancy = service(store, forgotten)
     key = (await tenancy.create_key("acme")).key
     with pytest.raises(InvalidRequestError) as refused:
-        await tenancy.set_tenant_limits("acme", values)
+        await tenancy.set_tenant_limits("acme", LimitSpec.from_stored(values))
     assert refused.value.param == param
     with pytest.raises(InvalidRequestError):
-        await tenancy.set_key_limits(key.id, values)
+        await tenancy.set_key_limits(key.id, LimitSpec.from_stored(values))
     assert (await store.get_tenant("acme")).limits is None and (await store.get_key(key.id)).limits is None
     assert forgotten == []
 
@@ -160,9 +162,9 @@ async def test_bad_limits_are_refused_naming_the_field(
 async def test_rotation_keeps_the_keys_own_limits(store: SqliteStore) -> None:
     tenancy = service(store)
     old = (await tenancy.create_key("acme")).key
-    await tenancy.set_key_limits(old.id, {"rpm": 3})
+    await tenancy.set_key_limits(old.id, LimitSpec(rpm=3))
     new = (await tenancy.rotate_key(old.id)).new.key
-    assert new.limits == {"rpm": 3} and (await store.get_key(new.id)).limits == {"rpm": 3}
+    assert new.limits == LimitSpec(rpm=3) and (await store.get_key(new.id)).limits == LimitSpec(rpm=3)
     bare = (await tenancy.create_key("acme")).key
     assert (await tenancy.rotate_key(bare.id)).new.key.limits is None
 
@@ -172,11 +174,11 @@ async def test_limits_of_deleted_tenants_and_revoked_keys_cannot_change(store: S
     key = (await tenancy.create_key("acme")).key
     await tenancy.revoke_key(key.id)
     with pytest.raises(ResourceConflictError):
-        await tenancy.set_key_limits(key.id, {"rpm": 1})
+        await tenancy.set_key_limits(key.id, LimitSpec(rpm=1))
     await tenancy.set_tenant_status("acme", TenantStatus.deleted)
     with pytest.raises(ResourceConflictError):
-        await tenancy.set_tenant_limits("acme", {"rpm": 1})
+        await tenancy.set_tenant_limits("acme", LimitSpec(rpm=1))
     with pytest.raises(ResourceNotFoundError):
-        await tenancy.set_tenant_limits("nobody", {"rpm": 1})
+        await tenancy.set_tenant_limits("nobody", LimitSpec(rpm=1))
     with pytest.raises(ResourceNotFoundError):
         await tenancy.set_key_limits("key_missing", None)

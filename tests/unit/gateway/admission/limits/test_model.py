@@ -1,13 +1,10 @@
-"""Limits, headers in OpenAI's format, and the 429 a refusal becomes."""
+"""Headers in OpenAI's format, and the 429 a refusal becomes."""
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import pytest
 
-from gateway.admission.limits import LimitExceeded, Limits, Quota, RateLimitState, format_duration
-from gateway.records import LIMIT_NAMES
+from gateway.admission.limits import LimitExceeded, Quota, RateLimitState, format_duration
 
 
 @pytest.mark.parametrize(
@@ -73,22 +70,3 @@ def test_a_refusal_is_openais_429() -> None:
         "retry-after": "13",
         "retry-after-ms": "12001",
     }
-
-
-def test_limits_refuse_negative_or_fractional_values() -> None:
-    with pytest.raises(ValueError, match="rpm"):
-        Limits(rpm=-1)
-    with pytest.raises(ValueError, match="tpm"):
-        Limits(tpm=1.5)  # type: ignore[arg-type]
-    assert Limits().unlimited and not Limits(rpm=0).unlimited
-    assert Limits(monthly_cost_pico=1).needs_lease and not Limits(rpm=1, tpm=1).needs_lease
-
-
-def test_limits_come_from_the_stored_values() -> None:
-    assert tuple(field.name for field in fields(Limits)) == LIMIT_NAMES
-    assert Limits.from_values({"rpm": 60, "monthly_cost_pico": 10**15}) == Limits(
-        rpm=60, monthly_cost_pico=10**15
-    )
-    assert Limits.from_values(None) == Limits.from_values({}) == Limits()
-    with pytest.raises(ValueError, match="unknown limits"):
-        Limits.from_values({"rqm": 60})
