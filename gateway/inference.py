@@ -1,73 +1,242 @@
-"""The edge: an OpenAI request body in, the internal ``EngineCall`` out.
+"""The edge: an OpenAI request body in, the typed internal ``InferenceRequest`` out.
 
-The body is validated with the OpenAI models, then re-encoded for the engine with usage
-reporting switched on, whatever the client asked: metering must never depend on the client.
+The body is parsed once and validated once with the OpenAI models; everything after the edge
+(admission, token counting, routing, the proxy, the relay) reads the typed fields and never the
+JSON. What the engine gets is the client's own bytes, unknown fields and all, except that a
+stream always asks the engine for usage, whatever the client asked: metering must never depend
+on the client.
+
+The request is a frozen dataclass; its parts (messages, prompts) are named tuples, as immutable
+and as typed but about three times cheaper to build (0.4 against 1.4 µs, measured on the 2-vCPU
+dev machine): parsing is on every request's path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from gateway.errors import InvalidRequestError
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from gateway.records import Api
+from gateway.records import Api, ApiKey
 
-_REQUEST_MODELS: dict[Api, type[BaseModel]] = {
+OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+_REQUEST_MODELS: dict[Api, type[OpenAIRequest]] = {
     Api.chat: ChatCompletionRequest,
     Api.completions: CompletionRequest,
     Api.embeddings: EmbeddingRequest,
 }
+# The content part types vLLM treats as text, and the field each keeps its text in.
+TEXT_PART_FIELDS = {
+    "text": "text",
+    "input_text": "text",
+    "output_text": "text",
+    "refusal": "refusal",
+    "thinking": "thinking",
+}
+# What a stream's engine is always asked for (the client's own stream_options are kept beside it).
+_ENGINE_STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class EngineCall:
-    """What the gateway sends to an engine, and what the client asked to get back."""
+class ChatMessage(NamedTuple):
+    """One chat message, its content flattened to text as vLLM flattens it for a chat template."""
+
+    role: str  # "" when the client sent none (the engine will refuse it; it is still counted)
+    text: str  # text parts joined with newlines; images, audio and a null content give nothing
+    name: str | None = None
+    # The message as sent (tool_calls, tool_call_id, …): a chat template may read any of it.
+    sent: Mapping[str, Any] = _NOTHING
+
+
+class ChatPrompt(NamedTuple):
+    """A chat's messages and the vLLM extensions that change how they are rendered.
+
+    The typed messages are built when read rather than at the edge: most requests (no token
+    limit, no prefix-aware pool) never read them, and each costs about 0.6 µs to build.
+    """
+
+    sent: Sequence[Mapping[str, Any]]  # the messages as sent (validated: each a JSON object)
+    tools: tuple[Any, ...] = ()  # tool definitions as sent (JSON objects)
+    template_kwargs: Mapping[str, Any] = _NOTHING  # vLLM's chat_template_kwargs
+    add_generation_prompt: bool = True
+
+    @property
+    def messages(self) -> tuple[ChatMessage, ...]:
+        return tuple(map(_message, self.sent))
+
+    def opening(self, count: int) -> tuple[ChatMessage, ...]:
+        """The first ``count`` messages, typed (routing reads no further)."""
+        return tuple(map(_message, self.sent[:count]))
+
+
+class TextInput(NamedTuple):
+    """A completion's ``prompt`` or an embedding's ``input``: its texts and its token ids."""
+
+    texts: tuple[str, ...] = ()
+    token_ids: int = 0  # how many token ids were sent as ids (the engine takes them as they are)
+
+    @property
+    def single_text(self) -> str | None:
+        """The text of a request for one text prompt (not a batch, not token ids)."""
+        return self.texts[0] if len(self.texts) == 1 and not self.token_ids else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceRequest:
+    """One authenticated OpenAI request, parsed once at the edge; ``body`` is what the engine gets."""
 
     api: Api
     model: str
-    stream: bool
-    client_usage: bool  # stream_options.include_usage as the client sent it
-    client_continuous_usage: bool  # stream_options.continuous_usage_stats as sent
+    key: ApiKey
+    request_id: str
     body: bytes
+    session_id: str | None = None  # the x-session-id header
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage as the client sent it
+    continuous_usage: bool = False  # stream_options.continuous_usage_stats as the client sent it
+    max_tokens: int | None = None  # the output cap: max_completion_tokens (chat), else max_tokens
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    service_tier: str | None = None  # OpenAI's field, passed through to the engine
     user: str | None = None
-    # The parsed request (for token counting); ``body`` is what the engine gets.
-    payload: dict[str, Any] = field(default_factory=dict)
+    chat: ChatPrompt | None = None  # chat completions
+    prompt: TextInput | None = None  # completions
+    input: TextInput | None = None  # embeddings
 
 
-def parse_call(api: Api, raw: bytes) -> EngineCall:
-    """Validate an OpenAI request body; raise a 400 that names the offending field."""
+def parse_request(
+    api: Api, raw: bytes, *, key: ApiKey, request_id: str, session_id: str | None = None
+) -> InferenceRequest:
+    """Parse and validate an OpenAI request body; raise a 400 that names the offending field."""
+    payload = _json_object(raw)
+    try:
+        sent = _REQUEST_MODELS[api].model_validate(payload)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    if isinstance(sent, EmbeddingRequest):
+        _refuse_stream_options(payload)
+        return InferenceRequest(
+            api=api,
+            model=sent.model,
+            key=key,
+            request_id=request_id,
+            session_id=session_id,
+            body=raw,
+            user=sent.user,
+            input=_text_input(sent.input),
+        )
+    stream = bool(sent.stream)
+    if not stream:
+        _refuse_stream_options(payload)
+    chat = _chat_prompt(sent.messages, payload) if isinstance(sent, ChatCompletionRequest) else None
+    options = sent.stream_options
+    return InferenceRequest(
+        api=api,
+        model=sent.model,
+        key=key,
+        request_id=request_id,
+        session_id=session_id,
+        body=_engine_body(payload) if stream else raw,
+        user=sent.user,
+        stream=stream,
+        include_usage=bool(options and options.include_usage),
+        continuous_usage=bool(options and options.continuous_usage_stats),
+        max_tokens=_output_cap(sent),
+        n=sent.n or 1,
+        stop=(sent.stop,) if isinstance(sent.stop, str) else tuple(sent.stop or ()),
+        service_tier=sent.service_tier,
+        chat=chat,
+        prompt=_text_input(sent.prompt) if isinstance(sent, CompletionRequest) else None,
+    )
+
+
+def _output_cap(sent: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """Chat's ``max_completion_tokens`` replaced ``max_tokens``; a client may still send either."""
+    if isinstance(sent, ChatCompletionRequest) and sent.max_completion_tokens is not None:
+        return sent.max_completion_tokens
+    return sent.max_tokens
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
-    try:
-        request = _REQUEST_MODELS[api].model_validate(payload)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
-    stream = bool(getattr(request, "stream", False))
-    options = payload.get("stream_options") or {}
-    if options and not stream:
+    return payload
+
+
+def _refuse_stream_options(payload: Mapping[str, Any]) -> None:
+    """As OpenAI does for a request that does not stream (an empty object is let through)."""
+    if payload.get("stream_options"):
         raise InvalidRequestError(
             "stream_options is only allowed when stream is true.", param="stream_options"
         )
-    if stream:
-        payload["stream_options"] = {**options, "include_usage": True, "continuous_usage_stats": True}
-    return EngineCall(
-        api=api,
-        model=str(payload["model"]),
-        stream=stream,
-        client_usage=bool(options.get("include_usage")),
-        client_continuous_usage=bool(options.get("continuous_usage_stats")),
-        body=orjson.dumps(payload),
-        user=payload.get("user") if isinstance(payload.get("user"), str) else None,
-        payload=payload,
+
+
+def _engine_body(payload: dict[str, Any]) -> bytes:
+    """A stream's body for the engine: the client's, asking for usage on every chunk and at the end."""
+    options = payload.get("stream_options") or {}
+    payload["stream_options"] = {**options, **_ENGINE_STREAM_OPTIONS}
+    return orjson.dumps(payload)
+
+
+def _chat_prompt(messages: list[dict[str, Any]], payload: Mapping[str, Any]) -> ChatPrompt:
+    tools = payload.get("tools")
+    kwargs = payload.get("chat_template_kwargs")
+    return ChatPrompt(
+        messages,
+        tuple(tools) if isinstance(tools, list) else (),
+        kwargs if isinstance(kwargs, dict) else _NOTHING,
+        payload.get("add_generation_prompt", True) is not False,
     )
+
+
+def _message(sent: Mapping[str, Any]) -> ChatMessage:
+    name = sent.get("name")
+    return ChatMessage(
+        str(sent.get("role", "")),
+        content_text(sent.get("content")),
+        name if isinstance(name, str) else None,
+        sent,
+    )
+
+
+def content_text(content: Any) -> str:
+    """A message's content as vLLM gives it to a string-content chat template."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts: list[str] = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and (name := TEXT_PART_FIELDS.get(part.get("type", ""))):
+            text = part.get(name)
+            if isinstance(text, str):
+                texts.append(text)
+    return "\n".join(texts)
+
+
+def _text_input(value: str | list[str] | list[int] | list[list[int]]) -> TextInput:
+    """Pydantic chose one member of the union, so a list holds items of one kind: the first says which."""
+    if isinstance(value, str):
+        return TextInput((value,))
+    if not value:
+        return TextInput()
+    if isinstance(value[0], str):
+        return TextInput(tuple(value))
+    if isinstance(value[0], int):
+        return TextInput((), len(value))
+    return TextInput((), sum(len(ids) for ids in value))
 
 
 def _invalid(exc: ValidationError) -> InvalidRequestError:

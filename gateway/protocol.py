@@ -30,6 +30,8 @@ class _GenerationRequest(BaseModel):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=0)
     n: int | None = Field(default=None, ge=1, le=128)
+    stop: str | list[str] | None = None
+    service_tier: str | None = None
     user: str | None = None
 
 

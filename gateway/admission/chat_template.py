@@ -8,14 +8,15 @@ special tokens (``bos_token``, ``eos_token``, ...) as variables. This module doe
 
 Before rendering, vLLM turns each message's content into a string when the template expects one
 (the common case): text parts joined with newlines, other parts (images, audio) dropped, ``None``
-as the empty string. :func:`normalize_messages` does that for every template; a template that walks
+as the empty string. A typed :class:`gateway.inference.ChatMessage` carries its content flattened
+that way, and :func:`normalize_messages` hands every template those strings; a template that walks
 content parts itself may render a token or two differently, which a reservation can live with.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -26,14 +27,8 @@ import jinja2.nodes
 import jinja2.parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-# The content part types vLLM treats as text, and the field each keeps its text in.
-TEXT_PART_FIELDS = {
-    "text": "text",
-    "input_text": "text",
-    "output_text": "text",
-    "refusal": "refusal",
-    "thinking": "thinking",
-}
+from gateway.inference import ChatMessage, ChatPrompt
+
 # Variables the renderer sets itself; ``chat_template_kwargs`` from a request cannot replace them.
 _RESERVED = frozenset({"messages", "tools", "documents", "add_generation_prompt"})
 
@@ -89,28 +84,9 @@ def compile_template(source: str) -> jinja2.Template:
         raise ChatTemplateError(f"chat template does not compile: {exc}") from exc
 
 
-def content_text(content: Any) -> str:
-    """A message's content as vLLM gives it to a string-content template."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return ""
-    texts: list[str] = []
-    for part in content:
-        if isinstance(part, str):
-            texts.append(part)
-        elif isinstance(part, dict) and (field := TEXT_PART_FIELDS.get(part.get("type", ""))):
-            text = part.get(field)
-            if isinstance(text, str):
-                texts.append(text)
-    return "\n".join(texts)
-
-
-def normalize_messages(messages: Any) -> list[dict[str, Any]]:
-    """The request's messages with string content; anything that is not a message is left out."""
-    if not isinstance(messages, list):
-        return []
-    return [{**m, "content": content_text(m.get("content"))} for m in messages if isinstance(m, dict)]
+def normalize_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """The messages as sent, with their content as the string vLLM makes of it."""
+    return [{**m.sent, "content": m.text} for m in messages]
 
 
 def special_token_variables(tokenizer_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,20 +105,17 @@ def special_token_variables(tokenizer_config: Mapping[str, Any]) -> dict[str, An
     return variables
 
 
-def render_chat(template: jinja2.Template, body: Mapping[str, Any], special_tokens: Mapping[str, Any]) -> str:
-    """The prompt text vLLM would build for a chat request ``body`` (generation prompt included)."""
+def render_chat(template: jinja2.Template, chat: ChatPrompt, special_tokens: Mapping[str, Any]) -> str:
+    """The prompt text vLLM would build for ``chat`` (generation prompt included unless turned off)."""
     variables = dict(special_tokens)
-    extra = body.get("chat_template_kwargs")
-    if isinstance(extra, dict):
-        variables.update((k, v) for k, v in extra.items() if isinstance(k, str) and k not in _RESERVED)
-    tools = body.get("tools")
+    variables.update((k, v) for k, v in chat.template_kwargs.items() if k not in _RESERVED)
     try:
         return template.render(
             **variables,
-            messages=normalize_messages(body.get("messages")),
-            tools=tools if isinstance(tools, list) and tools else None,
+            messages=normalize_messages(chat.messages),
+            tools=list(chat.tools) or None,
             documents=None,
-            add_generation_prompt=body.get("add_generation_prompt", True) is not False,
+            add_generation_prompt=chat.add_generation_prompt,
         )
     except Exception as exc:  # a template may fail in any way on odd input; the caller falls back
         raise ChatTemplateError(f"chat template failed: {exc}") from exc

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Mapping
 
 from gateway.admission.limits import Limiter, LimitExceeded, Reservation, Subject
-from gateway.admission.tokens import TokenCounter, max_output
-from gateway.inference import EngineCall
+from gateway.admission.tokens import TokenCounter
+from gateway.inference import InferenceRequest
 from gateway.limit_spec import LimitSpec
 from gateway.metering.pricing import PriceBook
 from gateway.metrics import GatewayMetrics
@@ -51,16 +51,17 @@ class Admission:
         """(the tenant's limits, the key's own) — the tenant's default to the configured ones."""
         return self._tenant_limits(key.tenant_limits), key.limits
 
-    async def admit(self, key: ApiKey, call: EngineCall, started_at: float) -> Reservation | None:
-        """Reserve, or raise ``LimitExceeded`` (429). None: nothing limits this key."""
+    async def admit(self, request: InferenceRequest, started_at: float) -> Reservation | None:
+        """Reserve for the request's key, or raise ``LimitExceeded`` (429). None: nothing limits it."""
+        key = request.key
         tenant_limits, key_limits = self.limits_for(key)
         if tenant_limits.unlimited and (key_limits is None or key_limits.unlimited):
             return None
         tokens = cost = 0
         if _counts_tokens(tenant_limits) or (key_limits is not None and _counts_tokens(key_limits)):
-            prompt, output = self._estimate(call)
+            prompt, output = self._estimate(request)
             tokens = prompt + output
-            price = self._prices.price_at(call.model, started_at)
+            price = self._prices.price_at(request.model, started_at)
             cost = price.cost_pico(prompt, output) if price is not None else 0
         try:
             return await self._limiter.admit(
@@ -70,12 +71,13 @@ class Admission:
             self._metrics.ratelimited.labels(key.tenant_name, exc.reason).inc()
             raise
 
-    def _estimate(self, call: EngineCall) -> tuple[int, int]:
-        counter = self._counters.get(call.model)
-        prompt = counter.count_prompt(call.api, call.payload) if counter is not None else 0
-        if call.api == Api.embeddings:
+    def _estimate(self, request: InferenceRequest) -> tuple[int, int]:
+        """(prompt tokens, output tokens) to reserve: the prompt as counted, the output at its cap."""
+        counter = self._counters.get(request.model)
+        prompt = counter.count_prompt(request) if counter is not None else 0
+        if request.api is Api.embeddings:
             return prompt, 0
-        return prompt, max_output(call.payload) or self._default_max_tokens
+        return prompt, request.max_tokens or self._default_max_tokens
 
     def settle(self, reservation: Reservation, record: UsageRecord) -> None:
         """Trade the reservation for the actual usage; runs from any ``finally`` (never awaits)."""

@@ -73,13 +73,12 @@ from tokenizers import Tokenizer
 from gateway.admission.chat_template import (
     ChatTemplateError,
     compile_template,
-    normalize_messages,
     render_chat,
     special_token_variables,
 )
 from gateway.config.models import local_model_dir
 from gateway.config.pools import DeploymentSpec, PoolSpec
-from gateway.records import Api
+from gateway.inference import ChatPrompt, InferenceRequest, TextInput
 
 LOG = logging.getLogger(__name__)
 
@@ -105,23 +104,14 @@ class TokenizerConfigError(ValueError):
 
 
 class TokenCounter(Protocol):
-    """How many prompt tokens a request body will cost on its model; never raises on odd input."""
+    """How many prompt tokens a request will cost on its model; never raises on odd input."""
 
     @property
     def source(self) -> str:
         """What the counts come from, for logs (``hf:<file>``, ``tiktoken:<file>``, ``heuristic``)."""
         ...
 
-    def count_prompt(self, api: Api, body: Mapping[str, Any]) -> int: ...
-
-
-def max_output(body: Mapping[str, Any]) -> int | None:
-    """The most tokens the request may generate, as the client capped it (``None``: not capped)."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    def count_prompt(self, request: InferenceRequest) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,23 +124,6 @@ class ChatOverhead:
 
 
 OPENAI_CHAT_OVERHEAD = ChatOverhead(per_message=3, per_name=1, reply=3)
-
-
-def split_inputs(value: Any) -> tuple[list[str], int]:
-    """A ``prompt`` / ``input``: its texts, and how many token ids it gives directly."""
-    if isinstance(value, str):
-        return [value], 0
-    if not isinstance(value, list):
-        return [], 0
-    if all(isinstance(item, int) for item in value):
-        return [], len(value)
-    texts, ids = [], 0
-    for item in value:
-        if isinstance(item, str):
-            texts.append(item)
-        elif isinstance(item, list):
-            ids += len(item)
-    return texts, ids
 
 
 class PromptCounter:
@@ -168,25 +141,25 @@ class PromptCounter:
     def encode_len(self, text: str) -> int:
         raise NotImplementedError
 
-    def count_prompt(self, api: Api, body: Mapping[str, Any]) -> int:
-        if api is Api.chat:
-            return self.count_chat(body)
-        texts, ids = split_inputs(body.get("input" if api is Api.embeddings else "prompt"))
-        return ids + self.count_texts(texts) + self.special_tokens * len(texts)
+    def count_prompt(self, request: InferenceRequest) -> int:
+        if request.chat is not None:
+            return self.count_chat(request.chat)
+        given = request.prompt or request.input or TextInput()
+        return given.token_ids + self.count_texts(given.texts) + self.special_tokens * len(given.texts)
 
-    def count_chat(self, body: Mapping[str, Any]) -> int:
+    def count_chat(self, chat: ChatPrompt) -> int:
         """Texts plus a fixed overhead per message (OpenAI's rule); tools count as their JSON."""
         overhead = self.chat_overhead
         tokens = overhead.reply
         texts: list[str] = []
-        for message in normalize_messages(body.get("messages")):
+        for message in chat.messages:
             tokens += overhead.per_message
-            texts += (str(message.get("role", "")), message["content"])
-            if isinstance(name := message.get("name"), str):
+            texts += (message.role, message.text)
+            if message.name is not None:
                 tokens += overhead.per_name
-                texts.append(name)
-        if tools := body.get("tools"):
-            texts.append(orjson.dumps(tools).decode())
+                texts.append(message.name)
+        if chat.tools:
+            texts.append(orjson.dumps(chat.tools).decode())
         return tokens + self.count_texts(texts)
 
     def count_texts(self, texts: Sequence[str]) -> int:
@@ -293,15 +266,15 @@ class HfTokenCounter(PromptCounter):
         except Exception:  # text Rust cannot take (lone surrogates): estimate rather than fail
             return estimate_tokens(text)
 
-    def count_chat(self, body: Mapping[str, Any]) -> int:
+    def count_chat(self, chat: ChatPrompt) -> int:
         if self.template is None:
-            return super().count_chat(body)
+            return super().count_chat(chat)
         try:
-            text = render_chat(self.template, body, self.template_variables)
+            text = render_chat(self.template, chat, self.template_variables)
         except ChatTemplateError as exc:
             # vLLM will reject this chat too; reserve by OpenAI's rule meanwhile.
             LOG.debug("%s: %s", self.source, exc)
-            return super().count_chat(body)
+            return super().count_chat(chat)
         return self.count_texts([text])  # the template wrote BOS and role tokens itself
 
 

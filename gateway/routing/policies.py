@@ -11,8 +11,10 @@ mean load is passed over). It keeps no index, so its memory does not grow with t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.inference import ChatMessage, InferenceRequest
 
 if TYPE_CHECKING:
     from gateway.routing.endpoint import Endpoint
@@ -96,44 +98,29 @@ def create_policy(name: str) -> RoutingPolicy:
     return POLICIES[name]()
 
 
-def affinity_key(payload: Mapping[str, Any], session: str | None) -> str | None:
+def affinity_key(request: InferenceRequest) -> str | None:
     """What should stick to one engine: the session if named, else the prompt's opening."""
-    if session:
-        return "session:" + session
-    user = payload.get("user")
-    if isinstance(user, str) and user:
-        return "user:" + user
-    prefix = _chat_prefix(payload.get("messages")) if "messages" in payload else None
-    if prefix is None and isinstance(payload.get("prompt"), str):
-        prefix = payload["prompt"][:PREFIX_CHARS]
+    if request.session_id:
+        return "session:" + request.session_id
+    if request.user:
+        return "user:" + request.user
+    prefix = _chat_prefix(request.chat.opening(2)) if request.chat is not None else None
+    if prefix is None and request.prompt is not None:
+        prefix = (request.prompt.single_text or "")[:PREFIX_CHARS]
     return "prefix:" + prefix if prefix else None
 
 
-def _chat_prefix(messages: Any) -> str | None:
+def _chat_prefix(messages: Sequence[ChatMessage]) -> str | None:
     """A long system prompt alone (shared by many conversations), else the system prompt and the
     first user turn: the same for every later turn of one conversation."""
-    if not isinstance(messages, list) or not messages:
+    if not messages:
         return None
-    texts = [_text(m) for m in messages[:2] if isinstance(m, dict)]
     first = messages[0]
-    if (
-        isinstance(first, dict)
-        and first.get("role") == "system"
-        and len(texts[0]) >= LONG_SYSTEM_PROMPT_CHARS
-    ):
-        return texts[0][:PREFIX_CHARS]
-    if isinstance(first, dict) and first.get("role") != "system":
-        texts = texts[:1]
-    return "\x00".join(texts)[:PREFIX_CHARS] or None
-
-
-def _text(message: Mapping[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
+    if first.role != "system":
+        return first.text[:PREFIX_CHARS] or None
+    if len(first.text) >= LONG_SYSTEM_PROMPT_CHARS:
+        return first.text[:PREFIX_CHARS]
+    return "\x00".join(m.text for m in messages[:2])[:PREFIX_CHARS] or None
 
 
 def _score(key: str, url: str) -> int:

@@ -18,7 +18,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from gateway.inference import EngineCall, parse_call
+from gateway.inference import InferenceRequest, parse_request
 from gateway.metering.meter import CLIENT_CLOSED, Meter
 from gateway.metrics import GatewayMetrics
 from gateway.records import Api, ApiKey, UsageRecord
@@ -69,7 +69,7 @@ class ProxyService:
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
 
-    async def handle(self, api: Api, key: ApiKey, request: Request) -> Response:
+    async def handle(self, api: Api, key: ApiKey, http: Request) -> Response:
         record = UsageRecord(
             request_id=f"req_{secrets.token_hex(12)}",
             tenant_id=key.tenant_id,
@@ -80,14 +80,20 @@ class ProxyService:
         )
         exchange = Exchange(self._meter, self._admission, self._metrics, record, key.tenant_name)
         try:
-            call = parse_call(api, await self._read_body(request))
-            record.model = call.model
-            if not key.allows(call.model):
-                raise ModelNotFoundError(call.model)
-            exchange.reservation = await self._admission.admit(key, call, record.started_at)
+            request = parse_request(
+                api,
+                await self._read_body(http),
+                key=key,
+                request_id=record.request_id,
+                session_id=http.headers.get("x-session-id"),
+            )
+            record.model = request.model
+            if not key.allows(request.model):
+                raise ModelNotFoundError(request.model)
+            exchange.reservation = await self._admission.admit(request, record.started_at)
             self._meter.start(record)
-            exchange.pool = self._router.pool(call.model)
-            exchange.upstream = await self._open_unless_gone(request, exchange.pool, call, record, key)
+            exchange.pool = self._router.pool(request.model)
+            exchange.upstream = await self._open_unless_gone(http, exchange.pool, request, record)
         except ClientDisconnectedError:
             exchange.finish()  # metered as aborted (499); the engine request was cut
             return Response(status_code=CLIENT_CLOSED)
@@ -101,17 +107,17 @@ class ProxyService:
             raise
         upstream = exchange.upstream
         record.http_status = upstream.status
-        streamed = call.stream and upstream.status == 200
-        body = self._body(exchange, call, streamed)
+        streamed = request.stream and upstream.status == 200
+        body = self._body(exchange, request, streamed)
         return RelayResponse(exchange, body, upstream.status, upstream.content_type, streamed)
 
-    async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
+    async def _read_body(self, http: Request) -> bytes:
+        declared = http.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
             raise self._too_large()
         pieces: list[bytes] = []
         size = 0
-        async for piece in request.stream():
+        async for piece in http.stream():
             size += len(piece)
             if size > self._max_body_bytes:
                 raise self._too_large()
@@ -122,22 +128,22 @@ class ProxyService:
         return PayloadTooLargeError(f"The request body exceeds the limit of {self._max_body_bytes} bytes.")
 
     async def _open_unless_gone(
-        self, request: Request, pool: EnginePool, call: EngineCall, record: UsageRecord, key: ApiKey
+        self, http: Request, pool: EnginePool, request: InferenceRequest, record: UsageRecord
     ) -> UpstreamResponse:
         """``_open``, cut short if the client disconnects meanwhile: a wait in a saturated pool's
         queue, a non-streamed answer or a stream's first byte can take minutes, and a client that
         gives up must not leave the engine generating for nobody."""
-        async with DisconnectWatch(request.receive):
-            session = request.headers.get("x-session-id")
-            return await self._open(pool, call, record, key.tenant_name, session)
+        async with DisconnectWatch(http.receive):
+            return await self._open(pool, request, record)
 
     async def _open(
-        self, pool: EnginePool, call: EngineCall, record: UsageRecord, tenant: str, session: str | None
+        self, pool: EnginePool, request: InferenceRequest, record: UsageRecord
     ) -> UpstreamResponse:
         """Send to the best engine. An engine that cannot be reached, that breaks off, or that
         answers 5xx before anything reached the client, is skipped for another; with none left,
         the last 5xx is relayed as the engine sent it (504 if connections timed out)."""
-        key = affinity_key(call.payload, session) if pool.policy.wants_key else None
+        key = affinity_key(request) if pool.policy.wants_key else None
+        tenant = request.key.tenant_name
         tried: list[Endpoint] = []
         failed: UpstreamResponse | None = None  # a 5xx kept in case no other engine answers
         timed_out = False
@@ -152,7 +158,7 @@ class ProxyService:
                 raise
             tried.append(endpoint)
             try:
-                upstream = await self._attempt(endpoint, call, record.request_id)
+                upstream = await self._attempt(endpoint, request)
             except EngineUnreachableError as exc:
                 pool.release(endpoint, tenant)
                 self._health.mark(endpoint, False)
@@ -172,10 +178,10 @@ class ProxyService:
             self._health.failed(endpoint)
             failed = upstream
 
-    async def _attempt(self, endpoint: Endpoint, call: EngineCall, request_id: str) -> UpstreamResponse:
+    async def _attempt(self, endpoint: Endpoint, request: InferenceRequest) -> UpstreamResponse:
         """One engine's answer; a stream's only once its first event is in (first-token timeout)."""
-        upstream = await self._upstream.post(endpoint, call.api.path, call.body, request_id)
-        if not (call.stream and upstream.status == 200):
+        upstream = await self._upstream.post(endpoint, request.api.path, request.body, request.request_id)
+        if not (request.stream and upstream.status == 200):
             return upstream
         try:
             await upstream.read_head(self._upstream.first_token_timeout_s)
@@ -198,12 +204,14 @@ class ProxyService:
         upstream.close()
         pool.release(upstream.endpoint, tenant)
 
-    async def _body(self, exchange: Exchange, call: EngineCall, streamed: bool) -> AsyncIterator[bytes]:
+    async def _body(
+        self, exchange: Exchange, request: InferenceRequest, streamed: bool
+    ) -> AsyncIterator[bytes]:
         upstream = exchange.upstream
         assert upstream is not None
         if streamed:
             exchange.splitter = SseSplitter()
-            relay = relay_events(upstream.chunks(), exchange.tracker, UsageShaper(call), exchange.splitter)
+            relay = relay_events(upstream.chunks(), exchange.tracker, UsageShaper(request), exchange.splitter)
         else:
             relay = relay_body(upstream.chunks(), exchange.tracker)
         tracker, request_id = exchange.tracker, exchange.record.request_id

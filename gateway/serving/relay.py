@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.inference import EngineCall
+from gateway.inference import InferenceRequest
 
 DONE = b"[DONE]"
 _DATA = b"data: "
@@ -99,9 +99,9 @@ def _has_output(choices: list[Any]) -> bool:
 class UsageShaper:
     """Gives the client the usage it asked for; the engine was always asked for all of it."""
 
-    def __init__(self, call: EngineCall) -> None:
-        self._final_usage = call.client_usage
-        self._continuous = call.client_usage and call.client_continuous_usage
+    def __init__(self, request: InferenceRequest) -> None:
+        self._final_usage = request.include_usage
+        self._continuous = request.include_usage and request.continuous_usage
 
     def shape(self, payload: bytes, event: dict[str, Any]) -> bytes | None:
         """The bytes to send for one event, or None to drop it."""

@@ -10,6 +10,7 @@ from gateway.admission.tokens import TokenCounter, build_counters
 from gateway.config.pools import DeploymentSpec, PoolSpec
 from gateway.records import Api
 from tests.e2e.conftest import DATA_DIR, MINILM, TINY, Engine
+from tests.support.inference import typed_request
 
 CHATS: list[list[dict[str, Any]]] = [
     [{"role": "user", "content": "Tell me a story about a cat."}],
@@ -50,16 +51,18 @@ def test_chat_and_completion_counts_equal_vllms_prompt_tokens(vllm_engine: Engin
     tiny = counter(TINY, "builtin:tiny-llama")
     for messages in CHATS:
         body = {"messages": messages, "max_tokens": 1}
-        assert tiny.count_prompt(Api.chat, body) == prompt_tokens(vllm_engine, Api.chat, body)
+        assert tiny.count_prompt(typed_request(Api.chat, body)) == prompt_tokens(vllm_engine, Api.chat, body)
     for prompt in ("Once upon a time", ["first prompt", "a second, longer prompt"]):
         body = {"prompt": prompt, "max_tokens": 1}
-        assert tiny.count_prompt(Api.completions, body) == prompt_tokens(vllm_engine, Api.completions, body)
+        assert tiny.count_prompt(typed_request(Api.completions, body)) == prompt_tokens(
+            vllm_engine, Api.completions, body
+        )
 
 
 def test_embedding_counts_equal_vllms_prompt_tokens(embedding_engine: Engine) -> None:
     minilm = counter(MINILM, "builtin:all-minilm-l6-v2")
     for texts in ("The quick brown fox jumps over the lazy dog.", ["Tokenization, WordPiece-style!", "hi"]):
         body = {"input": texts}
-        assert minilm.count_prompt(Api.embeddings, body) == prompt_tokens(
+        assert minilm.count_prompt(typed_request(Api.embeddings, body)) == prompt_tokens(
             embedding_engine, Api.embeddings, body
         )

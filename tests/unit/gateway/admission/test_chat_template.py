@@ -7,35 +7,36 @@ import pytest
 from gateway.admission.chat_template import (
     ChatTemplateError,
     compile_template,
-    content_text,
     normalize_messages,
     render_chat,
     special_token_variables,
 )
+from gateway.inference import ChatPrompt
+from gateway.records import Api
+from tests.support.inference import typed_request
 
 
-def test_content_is_flattened_as_vllm_does_for_string_templates() -> None:
-    parts = [
-        {"type": "text", "text": "What is"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-        "plain",
-        {"type": "input_text", "text": "in it?"},
-        {"type": "refusal", "refusal": "no"},
-        {"type": "text"},  # no text: skipped, as vLLM skips it
+def chat(**body: object) -> ChatPrompt:
+    """A chat request's typed prompt, as the edge makes it."""
+    prompt = typed_request(Api.chat, body).chat
+    assert prompt is not None
+    return prompt
+
+
+def test_normalize_gives_templates_the_messages_as_sent_with_flattened_content() -> None:
+    messages = [
+        {"role": "user", "content": None, "name": "bob"},
+        {
+            "role": "tool",
+            "content": [{"type": "text", "text": "4"}, {"type": "text", "text": "2"}],
+            "tool_call_id": "c",
+        },
     ]
-    assert content_text(parts) == "What is\nplain\nin it?\nno"
-    assert content_text("as is") == "as is"
-    assert content_text(None) == ""
-    assert content_text(42) == ""
-
-
-def test_normalize_keeps_other_fields_and_drops_non_messages() -> None:
-    messages = [{"role": "user", "content": None, "name": "bob"}, "junk", {"role": "tool", "content": []}]
-    assert normalize_messages(messages) == [
+    assert normalize_messages(chat(messages=messages).messages) == [
         {"role": "user", "content": "", "name": "bob"},
-        {"role": "tool", "content": ""},
+        {"role": "tool", "content": "4\n2", "tool_call_id": "c"},
     ]
-    assert normalize_messages({"role": "user"}) == []
+    assert normalize_messages(()) == []
 
 
 def test_special_tokens_come_from_the_tokenizer_config_as_strings() -> None:
@@ -64,11 +65,13 @@ def test_render_passes_generation_prompt_tools_and_template_kwargs_but_not_overr
         "tools": [{"type": "function", "function": {"name": "f<x>"}}],
         "chat_template_kwargs": {"flavour": "mint", "messages": [], "bos_token": "<B>"},
     }
-    rendered = render_chat(template, body, {"bos_token": "<s>"})
+    rendered = render_chat(template, chat(**body), {"bos_token": "<s>"})
     # tojson does not HTML-escape; kwargs may set template variables (bos_token too, as in transformers)
     # but never replace the messages.
     assert rendered == '<B>[user:hi][{"type": "function", "function": {"name": "f<x>"}}]<mint>>>'
-    assert render_chat(template, {**body, "add_generation_prompt": False, "tools": []}, {}).endswith("<mint>")
+    assert render_chat(template, chat(**{**body, "add_generation_prompt": False, "tools": []}), {}).endswith(
+        "<mint>"
+    )
 
 
 def test_raise_exception_and_runtime_errors_become_chat_template_errors() -> None:
@@ -76,11 +79,11 @@ def test_raise_exception_and_runtime_errors_become_chat_template_errors() -> Non
         "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be user') }}{% endif %}"
         "{{ messages[0].content | upper }}"
     )
-    assert render_chat(template, {"messages": [{"role": "user", "content": "ok"}]}, {}) == "OK"
+    assert render_chat(template, chat(messages=[{"role": "user", "content": "ok"}]), {}) == "OK"
     with pytest.raises(ChatTemplateError, match="first message must be user"):
-        render_chat(template, {"messages": [{"role": "system", "content": "x"}]}, {})
+        render_chat(template, chat(messages=[{"role": "system", "content": "x"}]), {})
     with pytest.raises(ChatTemplateError):
-        render_chat(template, {"messages": []}, {})  # messages[0] of an empty list
+        render_chat(template, ChatPrompt(sent=()), {})  # messages[0] of an empty list
 
 
 def test_generation_tags_loop_controls_and_sandbox() -> None:
@@ -88,9 +91,9 @@ def test_generation_tags_loop_controls_and_sandbox() -> None:
         "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
         "{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}{{ strftime_now('%Y') | length }}"
     )
-    assert render_chat(template, {"messages": [{"content": "a"}, {"content": "b"}]}, {}) == "a4"
+    assert render_chat(template, chat(messages=[{"content": "a"}, {"content": "b"}]), {}) == "a4"
     mutating = compile_template("{% set x = messages.append(1) %}{{ messages | length }}")
     with pytest.raises(ChatTemplateError):  # immutable sandbox: a template cannot change the request
-        render_chat(mutating, {"messages": []}, {})
+        render_chat(mutating, ChatPrompt(sent=()), {})
     with pytest.raises(ChatTemplateError, match="does not compile"):
         compile_template("{% for %}")

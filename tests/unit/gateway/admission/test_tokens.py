@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engines.tiny_model import build_tiny_model
-from gateway.admission.chat_template import normalize_messages
 from gateway.admission.tokens import (
     EXACT_LIMIT_CHARS,
     HeuristicCounter,
@@ -21,12 +21,12 @@ from gateway.admission.tokens import (
     TokenizerConfigError,
     build_counters,
     estimate_tokens,
-    max_output,
-    split_inputs,
 )
 from gateway.config.models import minilm_path
 from gateway.config.pools import DeploymentSpec, PoolSpec
+from gateway.inference import InferenceRequest, content_text
 from gateway.records import Api
+from tests.support.inference import typed_request
 
 CHATS: list[list[dict[str, Any]]] = [
     [{"role": "user", "content": "Hello!"}],
@@ -84,28 +84,16 @@ def reference(tiny_dir: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(tiny_dir)
 
 
-def test_max_output_prefers_max_completion_tokens() -> None:
-    assert max_output({"max_completion_tokens": 7, "max_tokens": 100}) == 7
-    assert max_output({"max_tokens": 100}) == 100
-    assert max_output({"max_completion_tokens": None, "max_tokens": 5}) == 5
-    assert max_output({"max_tokens": True}) is None
-    assert max_output({}) is None
+def chat(messages: list[dict[str, Any]], **extra: object) -> InferenceRequest:
+    return typed_request(Api.chat, {"messages": messages, **extra})
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("text", (["text"], 0)),
-        (["a", "b"], (["a", "b"], 0)),
-        ([1, 2, 3], ([], 3)),
-        ([[1, 2], [3]], ([], 3)),
-        ([], ([], 0)),
-        (None, ([], 0)),
-        ({"not": "valid"}, ([], 0)),
-    ],
-)
-def test_split_inputs_covers_every_prompt_shape(value: Any, expected: tuple[list[str], int]) -> None:
-    assert split_inputs(value) == expected
+def completion(prompt: object) -> InferenceRequest:
+    return typed_request(Api.completions, {"prompt": prompt})
+
+
+def embedding(texts: object) -> InferenceRequest:
+    return typed_request(Api.embeddings, {"input": texts})
 
 
 @pytest.mark.parametrize("messages", CHATS)
@@ -113,17 +101,16 @@ def test_hf_chat_count_equals_transformers_apply_chat_template(
     tiny: HfTokenCounter, reference: PreTrainedTokenizerBase, messages: list[dict[str, Any]]
 ) -> None:
     # vLLM flattens content to strings before it calls transformers; so does the reference here.
-    ids = reference.apply_chat_template(
-        normalize_messages(messages), tokenize=True, add_generation_prompt=True, return_dict=False
-    )
-    assert tiny.count_prompt(Api.chat, {"messages": messages}) == len(ids)
+    flat = [{**m, "content": content_text(m.get("content"))} for m in messages]
+    ids = reference.apply_chat_template(flat, tokenize=True, add_generation_prompt=True, return_dict=False)
+    assert tiny.count_prompt(chat(messages)) == len(ids)
 
 
 def test_hf_chat_without_generation_prompt(tiny: HfTokenCounter, reference: PreTrainedTokenizerBase) -> None:
     ids = reference.apply_chat_template(
         CHATS[1], tokenize=True, add_generation_prompt=False, return_dict=False
     )
-    assert tiny.count_prompt(Api.chat, {"messages": CHATS[1], "add_generation_prompt": False}) == len(ids)
+    assert tiny.count_prompt(chat(CHATS[1], add_generation_prompt=False)) == len(ids)
 
 
 @pytest.mark.parametrize(
@@ -133,15 +120,15 @@ def test_hf_chat_without_generation_prompt(tiny: HfTokenCounter, reference: PreT
 def test_hf_completion_counts_special_tokens_as_vllm_does(
     tiny: HfTokenCounter, reference: PreTrainedTokenizerBase, prompt: str
 ) -> None:
-    assert tiny.count_prompt(Api.completions, {"prompt": prompt}) == len(reference(prompt)["input_ids"])
+    assert tiny.count_prompt(completion(prompt)) == len(reference(prompt)["input_ids"])
 
 
 def test_hf_completion_lists_and_token_ids(tiny: HfTokenCounter, reference: PreTrainedTokenizerBase) -> None:
     prompts = ["first prompt", "second, longer prompt here"]
     expected = sum(len(reference(p)["input_ids"]) for p in prompts)
-    assert tiny.count_prompt(Api.completions, {"prompt": prompts}) == expected
-    assert tiny.count_prompt(Api.completions, {"prompt": [5, 6, 7]}) == 3  # ids go to the engine as is
-    assert tiny.count_prompt(Api.completions, {"prompt": [[5, 6], [7]]}) == 3
+    assert tiny.count_prompt(completion(prompts)) == expected
+    assert tiny.count_prompt(completion([5, 6, 7])) == 3  # ids go to the engine as is
+    assert tiny.count_prompt(completion([[5, 6], [7]])) == 3
 
 
 def test_hf_embeddings_with_wordpiece_count_cls_and_sep() -> None:
@@ -149,12 +136,12 @@ def test_hf_embeddings_with_wordpiece_count_cls_and_sep() -> None:
     reference = AutoTokenizer.from_pretrained(minilm_path())
     texts = ["The quick brown fox jumps over the lazy dog.", "Tokenization, WordPiece-style!"]
     assert counter.special_tokens == 2
-    assert counter.count_prompt(Api.embeddings, {"input": texts[0]}) == len(reference(texts[0])["input_ids"])
+    assert counter.count_prompt(embedding(texts[0])) == len(reference(texts[0])["input_ids"])
     expected = sum(len(reference(t)["input_ids"]) for t in texts)
-    assert counter.count_prompt(Api.embeddings, {"input": texts}) == expected
-    assert counter.count_prompt(Api.embeddings, {"input": [[101, 7592, 102]]}) == 3
+    assert counter.count_prompt(embedding(texts)) == expected
+    assert counter.count_prompt(embedding([[101, 7592, 102]])) == 3
     # No chat template: OpenAI's rule over WordPiece counts (3 + 3 + "user" + "hello").
-    assert counter.count_prompt(Api.chat, {"messages": [{"role": "user", "content": "hello"}]}) == 8
+    assert counter.count_prompt(chat([{"role": "user", "content": "hello"}])) == 8
 
 
 def test_a_chat_the_template_rejects_is_counted_by_rule(tiny: HfTokenCounter) -> None:
@@ -162,7 +149,7 @@ def test_a_chat_the_template_rejects_is_counted_by_rule(tiny: HfTokenCounter) ->
     counter = HfTokenCounter(tiny.tokenizer, chat_template=template, config={}, source="test")
     messages = [{"role": "user", "content": "Hello world"}]
     expected = 3 + 3 + counter.encode_len("user") + counter.encode_len("Hello world")
-    assert counter.count_prompt(Api.chat, {"messages": messages}) == expected
+    assert counter.count_prompt(chat(messages)) == expected
 
 
 def test_a_template_that_does_not_compile_is_left_out(
@@ -172,7 +159,7 @@ def test_a_template_that_does_not_compile_is_left_out(
         counter = HfTokenCounter(tiny.tokenizer, chat_template="{% for %}", config={}, source="broken")
     assert counter.template is None
     assert "counted without it" in caplog.text
-    assert counter.count_prompt(Api.chat, {"messages": [{"role": "user", "content": "Hi"}]}) > 6
+    assert counter.count_prompt(chat([{"role": "user", "content": "Hi"}])) > 6
 
 
 def test_long_prompts_are_estimated_from_samples_at_a_bounded_cost(tiny: HfTokenCounter) -> None:
@@ -187,11 +174,11 @@ def test_long_prompts_are_estimated_from_samples_at_a_bounded_cost(tiny: HfToken
     words = "The gateway counts tokens, routes requests and streams answers back to the tenant. "
     prompt = (words * 400)[:30_000]
     exact = tiny.encode_len(prompt)
-    counted = spy.count_prompt(Api.completions, {"prompt": prompt}) - spy.special_tokens
+    counted = spy.count_prompt(completion(prompt)) - spy.special_tokens
     assert sum(encoded) <= EXACT_LIMIT_CHARS
     assert exact <= counted <= exact * 1.25
     short = prompt[:EXACT_LIMIT_CHARS]  # at the limit: still exact
-    assert tiny.count_prompt(Api.completions, {"prompt": short}) == tiny.encode_len(short) + 1
+    assert tiny.count_prompt(completion(short)) == tiny.encode_len(short) + 1
 
 
 @pytest.fixture
@@ -207,20 +194,29 @@ def ranks_file(tmp_path: Path) -> Path:
 def test_tiktoken_counter_from_a_local_ranks_file(ranks_file: Path) -> None:
     counter = TiktokenCounter.from_file(ranks_file)
     assert counter.source == f"tiktoken:{ranks_file}"
-    assert counter.count_prompt(Api.completions, {"prompt": "hello world"}) == 2
-    assert counter.count_prompt(Api.completions, {"prompt": ["hello", " world", "hi"]}) == 1 + 1 + 2
-    assert counter.count_prompt(Api.embeddings, {"input": [1, 2, 3]}) == 3
+    assert counter.count_prompt(completion("hello world")) == 2
+    assert counter.count_prompt(completion(["hello", " world", "hi"])) == 1 + 1 + 2
+    assert counter.count_prompt(embedding([1, 2, 3])) == 3
     # Special-token text is ordinary text: 13 single bytes.
-    assert counter.count_prompt(Api.completions, {"prompt": "<|endoftext|>"}) == 13
+    assert counter.count_prompt(completion("<|endoftext|>")) == 13
 
 
 def test_tiktoken_chat_uses_openais_overhead(ranks_file: Path) -> None:
     counter = TiktokenCounter.from_file(ranks_file)
     message = {"role": "user", "content": "hello world"}
     # 3 to prime the reply + per message: 3 + "user" (4 bytes) + 2 for the content.
-    assert counter.count_prompt(Api.chat, {"messages": [message]}) == 3 + 3 + 4 + 2
+    assert counter.count_prompt(chat([message])) == 3 + 3 + 4 + 2
     # A name costs 1 more plus its own tokens.
-    assert counter.count_prompt(Api.chat, {"messages": [{**message, "name": "bob"}]}) == 12 + 1 + 3
+    assert counter.count_prompt(chat([{**message, "name": "bob"}])) == 12 + 1 + 3
+
+
+def test_tool_messages_and_tool_definitions_count_by_openais_rule(ranks_file: Path) -> None:
+    counter = TiktokenCounter.from_file(ranks_file)
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    messages = [{"role": "tool", "content": [{"type": "text", "text": "hello"}], "tool_call_id": "c1"}]
+    # 3 for the reply, 3 for the message, "tool" (4 bytes), "hello" (1), the tools as compact JSON.
+    expected = 3 + 3 + 4 + 1 + counter.encode_len(orjson.dumps(tools).decode())
+    assert counter.count_prompt(chat(messages, tools=tools)) == expected
 
 
 def test_a_bad_ranks_file_names_the_line(tmp_path: Path) -> None:
@@ -241,13 +237,16 @@ def test_heuristic_ratios() -> None:
 
 def test_heuristic_counter_covers_every_api() -> None:
     counter = HeuristicCounter()
-    chat = {"messages": [{"role": "user", "content": "a" * 29}, {"role": "assistant", "content": None}]}
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "a" * 29},
+        {"role": "assistant", "content": None},
+    ]
     # 3 for the reply + per message 4 + role ("user", "assistant": 2 and 4) + content (10, 0)
-    assert counter.count_prompt(Api.chat, chat) == 3 + (4 + 2 + 10) + (4 + 4 + 0)
-    assert counter.count_prompt(Api.completions, {"prompt": ["a" * 29, "b"]}) == 10 + 1 + 2 * 2
-    assert counter.count_prompt(Api.embeddings, {"input": [[1, 2], [3]]}) == 3
+    assert counter.count_prompt(chat(messages)) == 3 + (4 + 2 + 10) + (4 + 4 + 0)
+    assert counter.count_prompt(completion(["a" * 29, "b"])) == 10 + 1 + 2 * 2
+    assert counter.count_prompt(embedding([[1, 2], [3]])) == 3
     long_text = "x" * 100_000
-    assert counter.count_prompt(Api.completions, {"prompt": long_text}) == estimate_tokens(long_text) + 2
+    assert counter.count_prompt(completion(long_text)) == estimate_tokens(long_text) + 2
 
 
 def test_registry_picks_each_pools_counter(

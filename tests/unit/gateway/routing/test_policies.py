@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 from gateway.config.pools import PoolSpec
+from gateway.inference import InferenceRequest
+from gateway.records import Api
 from gateway.routing.endpoint import Endpoint
-from gateway.routing.policies import LeastLoad, PrefixAffinity, RoundRobin, affinity_key
+from gateway.routing.policies import PREFIX_CHARS, LeastLoad, PrefixAffinity, RoundRobin, affinity_key
 from gateway.routing.pool import EnginePool
+from tests.support.inference import typed_request
 
 SYSTEM = "You are a careful assistant. " * 30  # a long, shared system prompt
 
@@ -47,26 +51,48 @@ def test_prefix_aware_passes_over_an_overloaded_engine() -> None:
     assert policy.choose(pool, "prefix:hot") is home  # back home once it has room
 
 
+def chat(*messages: Mapping[str, object], **extra: object) -> InferenceRequest:
+    return typed_request(Api.chat, {"messages": list(messages), **extra})
+
+
 def test_affinity_keys_follow_sessions_conversations_and_shared_system_prompts() -> None:
-    turn1 = {
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi, I'm Ann"}]
-    }
-    turn2 = {
-        "messages": [
-            *turn1["messages"],
-            {"role": "assistant", "content": "Hello"},
-            {"role": "user", "content": "What's my name?"},
-        ]
-    }
-    other = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Bonjour"}]}
-    assert affinity_key(turn1, None) == affinity_key(turn2, None) != affinity_key(other, None)
-    shared_a = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "a"}]}
-    shared_b = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "b"}]}
-    assert affinity_key(shared_a, None) == affinity_key(shared_b, None)  # one long system prompt
-    assert affinity_key({**turn1, "user": "u-42"}, None) == "user:u-42"
-    assert affinity_key(turn1, "s-1") == "session:s-1"
-    assert affinity_key({"prompt": "Once upon a time"}, None) == "prefix:Once upon a time"
-    assert affinity_key({"input": "embed me"}, None) is None
+    opening = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi, I'm Ann"})
+    turn1 = chat(*opening)
+    turn2 = chat(*opening, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "My name?"})
+    other = chat({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Bonjour"})
+    assert affinity_key(turn1) == affinity_key(turn2) == "prefix:Be brief.\x00Hi, I'm Ann"
+    assert affinity_key(other) != affinity_key(turn1)
+    shared_a = chat({"role": "system", "content": SYSTEM}, {"role": "user", "content": "a"})
+    shared_b = chat({"role": "system", "content": SYSTEM}, {"role": "user", "content": "b"})
+    assert affinity_key(shared_a) == affinity_key(shared_b) == "prefix:" + SYSTEM  # one long system prompt
+    no_system = chat(
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]}, {"role": "user", "content": "x"}
+    )
+    assert affinity_key(no_system) == "prefix:Hi"  # the first turn alone
+    assert affinity_key(chat({"role": "user", "content": None})) is None
+    assert affinity_key(chat({"role": "user", "content": [{"type": "text", "text": 5}]})) is None  # no text
+
+
+def test_sessions_then_users_come_before_prompts() -> None:
+    conversation = {"messages": [{"role": "user", "content": "Hello"}], "user": "u-42"}
+    assert affinity_key(typed_request(Api.chat, conversation)) == "user:u-42"
+    assert affinity_key(typed_request(Api.chat, conversation, session_id="s-1")) == "session:s-1"
+    assert affinity_key(typed_request(Api.embeddings, {"input": "embed me", "user": "u-7"})) == "user:u-7"
+
+
+def test_completions_stick_by_their_one_text_prompt() -> None:
+    assert (
+        affinity_key(typed_request(Api.completions, {"prompt": "Once upon a time"}))
+        == "prefix:Once upon a time"
+    )
+    long_prompt = "x" * (PREFIX_CHARS + 10)
+    assert (
+        affinity_key(typed_request(Api.completions, {"prompt": long_prompt}))
+        == "prefix:" + "x" * PREFIX_CHARS
+    )
+    assert affinity_key(typed_request(Api.completions, {"prompt": ["a", "b"]})) is None  # a batch
+    assert affinity_key(typed_request(Api.completions, {"prompt": [1, 2, 3]})) is None
+    assert affinity_key(typed_request(Api.embeddings, {"input": "embed me"})) is None
 
 
 def test_the_pool_uses_the_policy_its_spec_names() -> None:

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from gateway.inference import parse_call
 from gateway.records import Api
 from gateway.serving.relay import (
     SseSplitter,
@@ -17,6 +16,7 @@ from gateway.serving.relay import (
     relay_body,
     relay_events,
 )
+from tests.support.inference import typed_request
 
 
 def chunk(content: str | None, usage: dict[str, int] | None = None, choices: bool = True) -> bytes:
@@ -35,7 +35,7 @@ def call(options: dict[str, bool] | None) -> UsageShaper:
     body: dict[str, object] = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
     if options is not None:
         body["stream_options"] = options
-    return UsageShaper(parse_call(Api.chat, orjson.dumps(body)))
+    return UsageShaper(typed_request(Api.chat, body))
 
 
 async def feed(pieces: list[bytes]) -> AsyncIterator[bytes]:

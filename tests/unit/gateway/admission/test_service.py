@@ -1,0 +1,63 @@
+"""What admission reserves for a typed request: the counted prompt plus the output cap, priced."""
+
+from __future__ import annotations
+
+import dataclasses
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry
+
+from gateway.admission.limits import InProcessLimiter
+from gateway.admission.service import Admission
+from gateway.admission.tokens import HeuristicCounter
+from gateway.inference import InferenceRequest
+from gateway.limit_spec import LimitSpec
+from gateway.metering.pricing import Price, PriceBook
+from gateway.metrics import GatewayMetrics
+from gateway.records import Api
+from tests.support.inference import KEY, typed_request
+
+MESSAGES = [{"role": "user", "content": "a" * 29}]  # 3 + 4 + "user" (2) + 10 by the heuristic
+PROMPT_TOKENS = 3 + 4 + 2 + 10
+DEFAULT_MAX_TOKENS = 256
+
+
+def admission(defaults: LimitSpec | None) -> Admission:
+    price = Price("m", 0.0, prompt_per_million=Decimal("1"), completion_per_million=Decimal("2"))
+    return Admission(
+        InProcessLimiter(),
+        {"m": HeuristicCounter()},
+        PriceBook([price]),
+        defaults,
+        GatewayMetrics(CollectorRegistry()),
+        DEFAULT_MAX_TOKENS,
+    )
+
+
+async def reserved(request: InferenceRequest) -> tuple[int, int]:
+    reservation = await admission(LimitSpec(tpm=10**6)).admit(request, started_at=1.0)
+    assert reservation is not None
+    return reservation.tokens, reservation.cost_pico
+
+
+async def test_a_chat_reserves_its_prompt_and_its_completion_cap() -> None:
+    capped = typed_request(Api.chat, {"messages": MESSAGES, "max_completion_tokens": 7, "max_tokens": 100})
+    # $1 and $2 per million tokens: 10^6 and 2 * 10^6 picodollars a token.
+    assert await reserved(capped) == (PROMPT_TOKENS + 7, PROMPT_TOKENS * 10**6 + 7 * 2 * 10**6)
+    uncapped = typed_request(Api.chat, {"messages": MESSAGES})
+    assert (await reserved(uncapped))[0] == PROMPT_TOKENS + DEFAULT_MAX_TOKENS
+
+
+async def test_an_embedding_reserves_only_its_input() -> None:
+    request = typed_request(Api.embeddings, {"input": ["a" * 29, "b"], "max_tokens": 50})
+    assert (await reserved(request))[0] == 10 + 1 + 2 * 2
+
+
+async def test_the_requests_own_key_is_limited() -> None:
+    key = dataclasses.replace(KEY, tenant_limits=LimitSpec(rpm=1))
+    gate = admission(None)
+    request = typed_request(Api.completions, {"prompt": "x"}, key=key)
+    first = await gate.admit(request, started_at=1.0)
+    assert first is not None and first.tokens == 0  # only a request rate: nothing is counted
+    assert first.subject.tenant_id == KEY.tenant_id and first.subject.key_id == KEY.id
+    assert await gate.admit(typed_request(Api.completions, {"prompt": "x"}), started_at=1.0) is None
