@@ -8,7 +8,6 @@ migrations run under a transaction-scoped advisory lock, so exactly one applies 
 
 from __future__ import annotations
 
-import secrets
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -22,67 +21,21 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.limit_spec import LimitSpec
-from gateway.records import ApiKey, Outcome, Tenant, TenantStatus, UsageGroup, UsageRecord
+from gateway.records import ApiKey, Tenant, TenantStatus, UsageGroup, UsageRecord
 from gateway.store.base import UNSET, ConflictError, GroupBy, NotFoundError, StoreError, _Unset
-
-Connection = psycopg.AsyncConnection[TupleRow]
-
-# Versioned migrations: index i brings the schema to version i + 1. Never edit a shipped one.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE tenants (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        status TEXT NOT NULL DEFAULT 'active',
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id),
-        key_hash TEXT NOT NULL UNIQUE,
-        prefix TEXT NOT NULL,
-        models TEXT[],
-        expires_at DOUBLE PRECISION,
-        revoked_at DOUBLE PRECISION,
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE INDEX api_keys_tenant ON api_keys (tenant_id);
-    CREATE TABLE usage_ledger (
-        request_id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        model TEXT NOT NULL,
-        api TEXT NOT NULL,
-        endpoint TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        http_status INTEGER NOT NULL,
-        prompt_tokens BIGINT NOT NULL,
-        completion_tokens BIGINT NOT NULL,
-        started_at DOUBLE PRECISION NOT NULL,
-        ended_at DOUBLE PRECISION NOT NULL,
-        ttft_s DOUBLE PRECISION,
-        error_code TEXT,
-        cost_pico BIGINT NOT NULL DEFAULT 0,
-        price_version TEXT
-    );
-    CREATE INDEX usage_ledger_tenant_time ON usage_ledger (tenant_id, started_at);
-    CREATE INDEX usage_ledger_time ON usage_ledger (started_at);
-    """,
-    """
-    ALTER TABLE tenants ADD COLUMN limits JSONB;
-    ALTER TABLE api_keys ADD COLUMN limits JSONB;
-    """,
-]
-
-# Any constant shared by every gateway process will do; this one spells "gw-migrate".
-_MIGRATION_LOCK = 0x67772D6D69677261
-
-_KEY_COLUMNS = (
-    "k.id, k.tenant_id, t.name, k.key_hash, k.prefix, k.created_at, k.models, "
-    "k.expires_at, k.revoked_at, t.status, k.limits, t.limits"
+from gateway.store.postgres_schema import Connection, migrate
+from gateway.store.rows import (
+    KEY_COLUMNS,
+    KEY_FROM,
+    TENANT_COLUMNS,
+    USAGE_COLUMNS,
+    key_from_row,
+    new_id,
+    tenant_from_row,
+    usage_filter,
+    usage_from_row,
 )
-_TENANT_COLUMNS = "id, name, created_at, status, limits"
-_KEY_FROM = "FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
+
 # Ledger columns with the array type each is sent as (one binary array per column: ``insert_usage``).
 _USAGE_TYPES = {
     "request_id": "text",
@@ -102,9 +55,8 @@ _USAGE_TYPES = {
     "cost_pico": "int8",
     "price_version": "text",
 }
-_USAGE_COLUMNS = ", ".join(_USAGE_TYPES)
 _INSERT_USAGE = (
-    f"INSERT INTO usage_ledger ({_USAGE_COLUMNS}) "
+    f"INSERT INTO usage_ledger ({USAGE_COLUMNS}) "
     f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for t in _USAGE_TYPES.values())}) "
     "ON CONFLICT (request_id) DO NOTHING"
 )
@@ -135,34 +87,12 @@ def report_query(
     tenant_id: str | None, start: float, end: float, group_by: GroupBy
 ) -> tuple[str, tuple[Any, ...]]:
     """The SQL and parameters ``usage_report`` runs (also what the index tests ``EXPLAIN``)."""
-    where, args = _usage_filter(tenant_id, start, end)
+    where, args = usage_filter(tenant_id, start, end, "%s")
     sql = (
         f"SELECT {_GROUP_EXPR[group_by]} AS g, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
         f"SUM(cost_pico) FROM usage_ledger {where} GROUP BY g ORDER BY g"
     )
     return sql, args
-
-
-def _new_id(kind: str) -> str:
-    return f"{kind}_{secrets.token_hex(8)}"
-
-
-def _key_from_row(row: Sequence[Any]) -> ApiKey:
-    models = frozenset(row[6]) if row[6] is not None else None
-    return ApiKey(
-        id=row[0],
-        tenant_id=row[1],
-        tenant_name=row[2],
-        key_hash=row[3],
-        prefix=row[4],
-        created_at=row[5],
-        models=models,
-        expires_at=row[7],
-        revoked_at=row[8],
-        tenant_status=TenantStatus(row[9]),
-        limits=_limits_from(row[10]),
-        tenant_limits=_limits_from(row[11]),
-    )
 
 
 def _usage_columns(records: Sequence[UsageRecord]) -> list[list[Any]]:
@@ -172,31 +102,16 @@ def _usage_columns(records: Sequence[UsageRecord]) -> list[list[Any]]:
     return [list(map(attrgetter(column), rows)) for column in _USAGE_TYPES]
 
 
-def _usage_from_row(row: Sequence[Any]) -> UsageRecord:
-    return UsageRecord(
-        request_id=row[0],
-        tenant_id=row[1],
-        key_id=row[2],
-        model=row[3],
-        api=row[4],
-        started_at=row[5],
-        endpoint=row[6],
-        outcome=Outcome(row[7]),
-        http_status=row[8],
-        prompt_tokens=row[9],
-        completion_tokens=row[10],
-        ended_at=row[11],
-        ttft_s=row[12],
-        error_code=row[13],
-        cost_pico=row[14],
-        price_version=row[15],
-    )
+def _models(value: list[str] | None) -> frozenset[str] | None:
+    return frozenset(value) if value is not None else None
 
 
-def _tenant_from_row(row: Sequence[Any]) -> Tenant:
-    return Tenant(
-        id=row[0], name=row[1], created_at=row[2], status=TenantStatus(row[3]), limits=_limits_from(row[4])
-    )
+def _key(row: Sequence[Any]) -> ApiKey:
+    return key_from_row(row, _models, _limits_from)
+
+
+def _tenant(row: Sequence[Any]) -> Tenant:
+    return tenant_from_row(row, _limits_from)
 
 
 def _limits_from(value: dict[str, Any] | None) -> LimitSpec | None:
@@ -232,7 +147,7 @@ class PostgresStore:
                 self._conninfo, connect_timeout=max(1, round(self._timeout_s))
             )
             async with connection:
-                await _migrate(connection)
+                await migrate(connection)
             pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
                 self._conninfo,
                 min_size=1,
@@ -274,7 +189,7 @@ class PostgresStore:
             return await (await conn.execute(sql, args)).fetchall()
 
     async def create_tenant(self, name: str) -> Tenant:
-        tenant = Tenant(id=_new_id("ten"), name=name, created_at=time.time())
+        tenant = Tenant(id=new_id("ten"), name=name, created_at=time.time())
         rows = await self._fetchall(
             "INSERT INTO tenants (id, name, status, created_at) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (name) DO NOTHING RETURNING id",
@@ -290,8 +205,8 @@ class PostgresStore:
 
     async def list_tenants(self, include_deleted: bool = False) -> list[Tenant]:
         where = "" if include_deleted else "WHERE status != 'deleted'"
-        rows = await self._fetchall(f"SELECT {_TENANT_COLUMNS} FROM tenants {where} ORDER BY name")
-        return [_tenant_from_row(r) for r in rows]
+        rows = await self._fetchall(f"SELECT {TENANT_COLUMNS} FROM tenants {where} ORDER BY name")
+        return [_tenant(r) for r in rows]
 
     async def set_tenant_status(self, name: str, status: TenantStatus) -> Tenant:
         async with self._connection() as conn:
@@ -328,7 +243,7 @@ class PostgresStore:
             if tenant.status == TenantStatus.deleted:
                 raise ConflictError(f"tenant {tenant_name!r} is deleted")
             key = ApiKey(
-                id=_new_id("key"),
+                id=new_id("key"),
                 tenant_id=tenant.id,
                 tenant_name=tenant.name,
                 key_hash=key_hash,
@@ -350,15 +265,15 @@ class PostgresStore:
             return await _select_key(conn, key_id)
 
     async def get_key_by_hash(self, key_hash: str) -> ApiKey | None:
-        rows = await self._fetchall(f"SELECT {_KEY_COLUMNS} {_KEY_FROM} WHERE k.key_hash = %s", (key_hash,))
-        return _key_from_row(rows[0]) if rows else None
+        rows = await self._fetchall(f"SELECT {KEY_COLUMNS} {KEY_FROM} WHERE k.key_hash = %s", (key_hash,))
+        return _key(rows[0]) if rows else None
 
     async def list_keys(self, tenant_name: str | None = None) -> list[ApiKey]:
         where, args = ("WHERE t.name = %s", (tenant_name,)) if tenant_name else ("", ())
         rows = await self._fetchall(
-            f"SELECT {_KEY_COLUMNS} {_KEY_FROM} {where} ORDER BY k.created_at, k.id", args
+            f"SELECT {KEY_COLUMNS} {KEY_FROM} {where} ORDER BY k.created_at, k.id", args
         )
-        return [_key_from_row(r) for r in rows]
+        return [_key(r) for r in rows]
 
     async def revoke_key(self, key_id: str) -> ApiKey:
         async with self._connection() as conn:
@@ -402,11 +317,11 @@ class PostgresStore:
     async def list_usage(
         self, tenant_id: str | None = None, start: float | None = None, end: float | None = None
     ) -> list[UsageRecord]:
-        where, args = _usage_filter(tenant_id, start, end)
+        where, args = usage_filter(tenant_id, start, end, "%s")
         rows = await self._fetchall(
-            f"SELECT {_USAGE_COLUMNS} FROM usage_ledger {where} ORDER BY started_at, request_id", args
+            f"SELECT {USAGE_COLUMNS} FROM usage_ledger {where} ORDER BY started_at, request_id", args
         )
-        return [_usage_from_row(r) for r in rows]
+        return [usage_from_row(r) for r in rows]
 
     async def usage_report(
         self, tenant_id: str | None, start: float, end: float, group_by: GroupBy
@@ -427,44 +342,23 @@ def _translated_errors() -> Iterator[None]:
         raise StoreError(f"postgresql: {str(exc).strip() or type(exc).__name__}") from exc
 
 
-async def _migrate(conn: Connection) -> None:
-    """Bring the schema to the latest version; concurrent callers queue on the advisory lock."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
-        row = await (await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")).fetchone()
-        current = int(row[0]) if row is not None else 0
-        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-            await conn.execute(script)
-            await conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-
-
 def _models_value(models: frozenset[str] | None) -> list[str] | None:
     return sorted(models) if models is not None else None
-
-
-def _usage_filter(
-    tenant_id: str | None, start: float | None, end: float | None
-) -> tuple[str, tuple[Any, ...]]:
-    pairs = (("tenant_id = %s", tenant_id), ("started_at >= %s", start), ("started_at < %s", end))
-    clauses = [clause for clause, value in pairs if value is not None]
-    args = tuple(value for _, value in pairs if value is not None)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 async def _select_tenant(
     conn: Connection, name: str, lock: Literal["", "FOR UPDATE", "FOR SHARE"] = ""
 ) -> Tenant:
-    cursor = await conn.execute(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE name = %s {lock}", (name,))
+    cursor = await conn.execute(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE name = %s {lock}", (name,))
     row = await cursor.fetchone()
     if row is None:
         raise NotFoundError(f"no tenant named {name!r}")
-    return _tenant_from_row(row)
+    return _tenant(row)
 
 
 async def _select_key(conn: Connection, key_id: str) -> ApiKey:
-    cursor = await conn.execute(f"SELECT {_KEY_COLUMNS} {_KEY_FROM} WHERE k.id = %s", (key_id,))
+    cursor = await conn.execute(f"SELECT {KEY_COLUMNS} {KEY_FROM} WHERE k.id = %s", (key_id,))
     row = await cursor.fetchone()
     if row is None:
         raise NotFoundError(f"no key with id {key_id!r}")
-    return _key_from_row(row)
+    return _key(row)

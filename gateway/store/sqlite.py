@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -17,70 +16,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.limit_spec import LimitSpec
-from gateway.records import ApiKey, Outcome, Tenant, TenantStatus, UsageGroup, UsageRecord
+from gateway.records import ApiKey, Tenant, TenantStatus, UsageGroup, UsageRecord
 from gateway.store.base import UNSET, ConflictError, GroupBy, NotFoundError, _Unset
+from gateway.store.rows import (
+    KEY_COLUMNS,
+    TENANT_COLUMNS,
+    USAGE_COLUMNS,
+    USAGE_FIELDS,
+    key_from_row,
+    new_id,
+    tenant_from_row,
+    usage_filter,
+    usage_from_row,
+)
+from gateway.store.sqlite_schema import migrate
 
 T = TypeVar("T")
 
-# Versioned migrations: index i brings the schema to version i + 1. Never edit a shipped one.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE tenants (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        status TEXT NOT NULL DEFAULT 'active',
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE api_keys (
-        id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL REFERENCES tenants(id),
-        key_hash TEXT NOT NULL UNIQUE,
-        prefix TEXT NOT NULL,
-        models TEXT,
-        expires_at REAL,
-        revoked_at REAL,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
-    CREATE TABLE usage_ledger (
-        request_id TEXT PRIMARY KEY,
-        tenant_id TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        model TEXT NOT NULL,
-        api TEXT NOT NULL,
-        endpoint TEXT NOT NULL,
-        outcome TEXT NOT NULL,
-        http_status INTEGER NOT NULL,
-        prompt_tokens INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        started_at REAL NOT NULL,
-        ended_at REAL NOT NULL,
-        ttft_s REAL,
-        error_code TEXT
-    );
-    CREATE INDEX usage_ledger_tenant_time ON usage_ledger(tenant_id, started_at);
-    """,
-    """
-    ALTER TABLE usage_ledger ADD COLUMN cost_pico INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE usage_ledger ADD COLUMN price_version TEXT;
-    CREATE INDEX usage_ledger_time ON usage_ledger(started_at);
-    """,
-    """
-    ALTER TABLE tenants ADD COLUMN limits TEXT;
-    ALTER TABLE api_keys ADD COLUMN limits TEXT;
-    """,
-]
-
-_KEY_COLUMNS = (
-    "k.id, k.tenant_id, t.name, k.key_hash, k.prefix, k.created_at, k.models, "
-    "k.expires_at, k.revoked_at, t.status, k.limits, t.limits"
-)
-_TENANT_COLUMNS = "id, name, created_at, status, limits"
-_USAGE_COLUMNS = (
-    "request_id, tenant_id, key_id, model, api, started_at, endpoint, outcome, http_status, "
-    "prompt_tokens, completion_tokens, ended_at, ttft_s, error_code, cost_pico, price_version"
-)
-_USAGE_PLACEHOLDERS = ", ".join("?" * len(_USAGE_COLUMNS.split(",")))
+_USAGE_PLACEHOLDERS = ", ".join("?" * len(USAGE_FIELDS))
 # Report groupings: SQL expression per ``GroupBy``.
 _GROUP_EXPR = {"day": "date(started_at, 'unixepoch')", "model": "model", "key": "key_id"}
 
@@ -91,28 +44,6 @@ def sqlite_path(database_url: str) -> Path:
     if not database_url.startswith(prefix):
         raise ValueError(f"not a sqlite URL: {database_url!r}")
     return Path(database_url[len(prefix) :])
-
-
-def _new_id(kind: str) -> str:
-    return f"{kind}_{secrets.token_hex(8)}"
-
-
-def _key_from_row(row: Sequence[Any]) -> ApiKey:
-    models = frozenset(json.loads(row[6])) if row[6] is not None else None
-    return ApiKey(
-        id=row[0],
-        tenant_id=row[1],
-        tenant_name=row[2],
-        key_hash=row[3],
-        prefix=row[4],
-        created_at=row[5],
-        models=models,
-        expires_at=row[7],
-        revoked_at=row[8],
-        tenant_status=TenantStatus(row[9]),
-        limits=_limits_from(row[10]),
-        tenant_limits=_limits_from(row[11]),
-    )
 
 
 def _usage_row(r: UsageRecord) -> tuple[Any, ...]:
@@ -136,31 +67,16 @@ def _usage_row(r: UsageRecord) -> tuple[Any, ...]:
     )
 
 
-def _usage_from_row(row: Sequence[Any]) -> UsageRecord:
-    return UsageRecord(
-        request_id=row[0],
-        tenant_id=row[1],
-        key_id=row[2],
-        model=row[3],
-        api=row[4],
-        started_at=row[5],
-        endpoint=row[6],
-        outcome=Outcome(row[7]),
-        http_status=row[8],
-        prompt_tokens=row[9],
-        completion_tokens=row[10],
-        ended_at=row[11],
-        ttft_s=row[12],
-        error_code=row[13],
-        cost_pico=row[14],
-        price_version=row[15],
-    )
+def _models(value: str | None) -> frozenset[str] | None:
+    return frozenset(json.loads(value)) if value is not None else None
 
 
-def _tenant_from_row(row: Sequence[Any]) -> Tenant:
-    return Tenant(
-        id=row[0], name=row[1], created_at=row[2], status=TenantStatus(row[3]), limits=_limits_from(row[4])
-    )
+def _key(row: Sequence[Any]) -> ApiKey:
+    return key_from_row(row, _models, _limits_from)
+
+
+def _tenant(row: Sequence[Any]) -> Tenant:
+    return tenant_from_row(row, _limits_from)
 
 
 def _limits_from(value: str | None) -> LimitSpec | None:
@@ -206,14 +122,7 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.isolation_level = "DEFERRED"
         self._conn = conn
-        with conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            current = row[0] or 0
-            for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in filter(str.strip, script.split(";")):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        migrate(conn)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -222,7 +131,7 @@ class SqliteStore:
         self._executor.shutdown(wait=True)
 
     async def create_tenant(self, name: str) -> Tenant:
-        tenant = Tenant(id=_new_id("ten"), name=name, created_at=time.time())
+        tenant = Tenant(id=new_id("ten"), name=name, created_at=time.time())
 
         def insert(conn: sqlite3.Connection) -> None:
             try:
@@ -242,9 +151,9 @@ class SqliteStore:
     async def list_tenants(self, include_deleted: bool = False) -> list[Tenant]:
         where = "" if include_deleted else "WHERE status != 'deleted'"
         rows = await self._run(
-            lambda c: c.execute(f"SELECT {_TENANT_COLUMNS} FROM tenants {where} ORDER BY name").fetchall()
+            lambda c: c.execute(f"SELECT {TENANT_COLUMNS} FROM tenants {where} ORDER BY name").fetchall()
         )
-        return [_tenant_from_row(r) for r in rows]
+        return [_tenant(r) for r in rows]
 
     async def set_tenant_status(self, name: str, status: TenantStatus) -> Tenant:
         def update(conn: sqlite3.Connection) -> Tenant:
@@ -281,7 +190,7 @@ class SqliteStore:
         if tenant.status == TenantStatus.deleted:
             raise ConflictError(f"tenant {tenant_name!r} is deleted")
         key = ApiKey(
-            id=_new_id("key"),
+            id=new_id("key"),
             tenant_id=tenant.id,
             tenant_name=tenant.name,
             key_hash=key_hash,
@@ -307,23 +216,23 @@ class SqliteStore:
     async def get_key_by_hash(self, key_hash: str) -> ApiKey | None:
         row = await self._run(
             lambda c: c.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
+                f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
                 "WHERE k.key_hash = ?",
                 (key_hash,),
             ).fetchone()
         )
-        return _key_from_row(row) if row is not None else None
+        return _key(row) if row is not None else None
 
     async def list_keys(self, tenant_name: str | None = None) -> list[ApiKey]:
         where, args = ("WHERE t.name = ?", (tenant_name,)) if tenant_name else ("", ())
         rows = await self._run(
             lambda c: c.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
+                f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id "
                 f"{where} ORDER BY k.created_at",
                 args,
             ).fetchall()
         )
-        return [_key_from_row(r) for r in rows]
+        return [_key(r) for r in rows]
 
     async def revoke_key(self, key_id: str) -> ApiKey:
         def revoke(conn: sqlite3.Connection) -> ApiKey:
@@ -361,7 +270,7 @@ class SqliteStore:
         def insert(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
             conn.executemany(
-                f"INSERT OR IGNORE INTO usage_ledger ({_USAGE_COLUMNS}) VALUES ({_USAGE_PLACEHOLDERS})",
+                f"INSERT OR IGNORE INTO usage_ledger ({USAGE_COLUMNS}) VALUES ({_USAGE_PLACEHOLDERS})",
                 rows,
             )
             return conn.total_changes - before
@@ -371,18 +280,18 @@ class SqliteStore:
     async def list_usage(
         self, tenant_id: str | None = None, start: float | None = None, end: float | None = None
     ) -> list[UsageRecord]:
-        where, args = _usage_filter(tenant_id, start, end)
+        where, args = usage_filter(tenant_id, start, end, "?")
         rows = await self._run(
             lambda c: c.execute(
-                f"SELECT {_USAGE_COLUMNS} FROM usage_ledger {where} ORDER BY started_at, request_id", args
+                f"SELECT {USAGE_COLUMNS} FROM usage_ledger {where} ORDER BY started_at, request_id", args
             ).fetchall()
         )
-        return [_usage_from_row(r) for r in rows]
+        return [usage_from_row(r) for r in rows]
 
     async def usage_report(
         self, tenant_id: str | None, start: float, end: float, group_by: GroupBy
     ) -> list[UsageGroup]:
-        where, args = _usage_filter(tenant_id, start, end)
+        where, args = usage_filter(tenant_id, start, end, "?")
         expr = _GROUP_EXPR[group_by]
         rows = await self._run(
             lambda c: c.execute(
@@ -394,29 +303,18 @@ class SqliteStore:
         return [UsageGroup(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
 
-def _usage_filter(
-    tenant_id: str | None, start: float | None, end: float | None
-) -> tuple[str, tuple[Any, ...]]:
-    clauses, args = [], []
-    for clause, value in (("tenant_id = ?", tenant_id), ("started_at >= ?", start), ("started_at < ?", end)):
-        if value is not None:
-            clauses.append(clause)
-            args.append(value)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
-
-
 def _select_tenant(conn: sqlite3.Connection, name: str) -> Tenant:
-    row = conn.execute(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE name = ?", (name,)).fetchone()
+    row = conn.execute(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE name = ?", (name,)).fetchone()
     if row is None:
         raise NotFoundError(f"no tenant named {name!r}")
-    return _tenant_from_row(row)
+    return _tenant(row)
 
 
 def _select_key(conn: sqlite3.Connection, key_id: str) -> ApiKey:
     row = conn.execute(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = ?",
+        f"SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = ?",
         (key_id,),
     ).fetchone()
     if row is None:
         raise NotFoundError(f"no key with id {key_id!r}")
-    return _key_from_row(row)
+    return _key(row)

@@ -167,19 +167,7 @@ def test_the_gateway_does_not_need_the_engines_package_to_serve() -> None:
     assert "gateway.cli.embedded" not in loaded
 
 
-# Split by responsibility in the next commit (schema, tenancy, ledger), once the LimitSpec work lands.
-_TOO_LONG_FOR_NOW = {"gateway.store.postgres", "gateway.store.sqlite"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="split pending"))
-        if n in _TOO_LONG_FOR_NOW
-        else n
-        for n in sorted(_modules())
-    ],
-)
+@pytest.mark.parametrize("name", sorted(_modules()))
 def test_module_and_function_sizes(name: str) -> None:
     path = _modules()[name]
     source = path.read_text()

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from gateway.store import StoreError, create_store
-from gateway.store.postgres import MIGRATIONS, PostgresStore, conninfo, with_search_path
+from gateway.store.postgres import PostgresStore, conninfo, with_search_path
+from gateway.store.postgres_schema import MIGRATIONS
 from tests.api.store.test_contract import T0, row
 from tests.support.postgres import require_postgres, temporary_schema
 

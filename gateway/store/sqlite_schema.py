@@ -1,0 +1,66 @@
+"""The SQLite schema: versioned migrations, applied when the store opens."""
+
+from __future__ import annotations
+
+import sqlite3
+
+# Versioned migrations: index i brings the schema to version i + 1. Never edit a shipped one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        status TEXT NOT NULL DEFAULT 'active',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        key_hash TEXT NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        models TEXT,
+        expires_at REAL,
+        revoked_at REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+    CREATE TABLE usage_ledger (
+        request_id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        api TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        http_status INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        ttft_s REAL,
+        error_code TEXT
+    );
+    CREATE INDEX usage_ledger_tenant_time ON usage_ledger(tenant_id, started_at);
+    """,
+    """
+    ALTER TABLE usage_ledger ADD COLUMN cost_pico INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_ledger ADD COLUMN price_version TEXT;
+    CREATE INDEX usage_ledger_time ON usage_ledger(started_at);
+    """,
+    """
+    ALTER TABLE tenants ADD COLUMN limits TEXT;
+    ALTER TABLE api_keys ADD COLUMN limits TEXT;
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to the latest version, in one transaction."""
+    with conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
