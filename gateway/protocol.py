@@ -53,12 +53,6 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
-class UsageInfo(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int | None = 0
-    total_tokens: int = 0
-
-
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -69,17 +63,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class ErrorInfo(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorInfo
 
 
 # The gateway's own API. Times are ISO-8601 UTC strings; money is a decimal string.

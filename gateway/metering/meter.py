@@ -49,10 +49,6 @@ class LedgerWriter:
         if len(self._pending) >= self._batch_size:
             self._wakeup.set()
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     async def flush_when_due(self) -> None:
         """One background round (``gateway.supervisor`` runs it back to back): wait for the
         interval to pass or a batch to fill, then flush."""

@@ -72,6 +72,3 @@ class PriceBook:
             return None
         index = bisect.bisect_right(starts, at) - 1
         return self._by_model[model][index] if index >= 0 else None
-
-    def all_prices(self) -> list[Price]:
-        return [p for versions in self._by_model.values() for p in versions]

@@ -154,9 +154,6 @@ class EnginePool:
             self.__post_init__()
         return added, removed
 
-    def shared_healthy(self) -> bool:
-        return any(e.healthy for e in self.shared)
-
     def _saturated(self, endpoint: Endpoint) -> bool:
         return self.max_inflight is not None and endpoint.inflight >= self.max_inflight
 
