@@ -52,8 +52,9 @@ def snippets(banner: str) -> tuple[str, str, str]:
     return key.group(1), commands[0], commands[1]
 
 
-def own_usage(port: int, key: str) -> dict[str, object]:
-    """Today's usage totals of the key's tenant, once the ledger writer has flushed them."""
+def own_usage(port: int, key: str, expected: int) -> dict[str, object]:
+    """Today's usage totals of the key's tenant, once the ledger writer has flushed ``expected``
+    requests (or 10 s have passed: then the caller's assertion says what was missing)."""
     today = datetime.now(UTC).date().isoformat()
     url = f"http://127.0.0.1:{port}/v1/usage?from={today}&to={today}"
     deadline = time.monotonic() + 10
@@ -61,7 +62,7 @@ def own_usage(port: int, key: str) -> dict[str, object]:
         reply = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
         assert reply.status_code == 200, reply.text
         total: dict[str, object] = reply.json()["total"]
-        if total["requests"] or time.monotonic() > deadline:
+        if total["requests"] == expected or time.monotonic() > deadline:
             return total
         time.sleep(0.2)
 
@@ -95,7 +96,7 @@ def test_gateway_up_serves_the_printed_snippets_and_stops_on_ctrl_c(tmp_path: Pa
         assert said.returncode == 0 and said.stdout.strip(), said.stderr[-2000:]
 
         # Both requests are the demo tenant's usage, readable with its own key.
-        assert own_usage(port, key)["requests"] == 2
+        assert own_usage(port, key, expected=2)["requests"] == 2
     finally:
         proc.signal(signal.SIGINT)  # what Ctrl-C in the terminal sends to the whole group
         code = proc.popen.wait(60)

@@ -43,8 +43,8 @@ def test_keys_and_admin_token_never_leak(tmp_path: Path) -> None:
                     timeout=30,
                 )
                 responses.append(response.text)
-        key_id = gateway.cli.main("keys", "list", "--tenant", "leaky-cli").split()[0]
-        gateway.cli.main("keys", "revoke", key_id)
+        key_id = gateway.cli("keys", "list", "--tenant", "leaky-cli").split()[0]
+        gateway.cli("keys", "revoke", key_id)
         responses.append(
             httpx.get(f"{gateway.url}/v1/models", headers={"Authorization": f"Bearer {created[2]}"}).text
         )
@@ -52,7 +52,7 @@ def test_keys_and_admin_token_never_leak(tmp_path: Path) -> None:
         responses.append(
             httpx.get(f"{gateway.url}/admin/keys", headers={"Authorization": f"Bearer {created[0]}"}).text
         )
-        responses.append(gateway.cli.main("keys", "list"))
+        responses.append(gateway.cli("keys", "list"))
     finally:
         admin.close()
         proc.stop()
