@@ -117,7 +117,8 @@ class ServingStack:
         self, payload: dict[str, Any] | bytes, api: Api = Api.chat, leave_after: int | None = None
     ) -> Answer:
         """One request as a client sends it; ``leave_after``: hang up after that many body
-        pieces (0: while the gateway waits for the engine)."""
+        pieces (0: while the gateway waits for the engine). Streams only: a whole body is not
+        watched for the client leaving, so its send would wait for ever."""
         body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         client = _Client(body, leave_after)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
