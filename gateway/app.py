@@ -33,7 +33,7 @@ from gateway.routing.engine_stats import EngineStatsScraper
 from gateway.routing.health import EjectionPolicy, HealthChecker
 from gateway.routing.router import Router
 from gateway.serving.proxy import ProxyService
-from gateway.serving.upstream import UpstreamClient, create_session
+from gateway.serving.upstream import AiohttpTransport, UpstreamClient, create_session
 from gateway.settings import Settings
 from gateway.state import GatewayState
 from gateway.store import Store, create_store
@@ -123,9 +123,8 @@ async def _open_state(
     meter = Meter(ledger, journal, prices, metrics, known_models=set(router.pools))
     _recover(journal, meter, leftovers)
     health = _health_checker(settings, router, session, metrics, clock)
-    upstream = UpstreamClient(
-        session, settings.connect_timeout_s, settings.request_timeout_s, settings.first_token_timeout_s
-    )
+    transport = AiohttpTransport(session, settings.connect_timeout_s, settings.request_timeout_s)
+    upstream = UpstreamClient(transport, settings.first_token_timeout_s)
     return GatewayState(
         settings=settings,
         spec=spec,

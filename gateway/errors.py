@@ -18,7 +18,12 @@ GatewayError                      500 server_error
 ├── EnginesBusyError              503 service_unavailable / engines_busy (queue full or waited too long)
 ├── StoreUnavailableError         503 service_unavailable / store_unavailable
 ├── LimiterUnavailableError       503 service_unavailable / rate_limiter_unavailable
-└── UpstreamTimeoutError          504 timeout / upstream_timeout
+├── UpstreamTimeoutError          504 timeout / upstream_timeout
+└── EngineError                   the engine's own 4xx/5xx, its status kept, its type mapped:
+                                  400 409 413 422 (any other 4xx) invalid_request_error,
+                                  401 authentication_error, 403 permission_error,
+                                  404 invalid_request_error / model_not_found,
+                                  429 rate_limit_error / engine_overloaded, 5xx server_error / upstream_error
 """
 
 from __future__ import annotations
@@ -191,3 +196,40 @@ class UpstreamTimeoutError(GatewayError):
     status_code = 504
     error_type = "timeout"
     default_code = "upstream_timeout"
+
+
+class EngineError(GatewayError):
+    """An error the engine answered with (a whole 4xx/5xx body, or an error event mid-stream).
+
+    The status is the engine's; the type is the one OpenAI uses for that status (vLLM writes its
+    own, e.g. ``BadRequestError``), so an OpenAI SDK raises its matching exception. A string
+    ``code`` from the engine is kept; vLLM's code is the HTTP status again, so a default stands in.
+    """
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        error_type, default_code = _openai_kind(status)
+        super().__init__(message, param=param, code=code if code is not None else default_code)
+        self.status_code = status
+        self.error_type = error_type
+
+
+# OpenAI's (type, default code) for the statuses an engine's error may carry; see ``EngineError``.
+_ENGINE_STATUS: dict[int, tuple[str, str | None]] = {
+    401: (AuthenticationError.error_type, AuthenticationError.default_code),
+    403: (PermissionDeniedError.error_type, PermissionDeniedError.default_code),
+    404: (ModelNotFoundError.error_type, ModelNotFoundError.default_code),
+    409: (ResourceConflictError.error_type, ResourceConflictError.default_code),
+    413: (PayloadTooLargeError.error_type, PayloadTooLargeError.default_code),
+    429: (RateLimitError.error_type, "engine_overloaded"),
+}
+
+
+def _openai_kind(status: int) -> tuple[str, str | None]:
+    known = _ENGINE_STATUS.get(status)
+    if known is not None:
+        return known
+    if 400 <= status < 500:
+        return InvalidRequestError.error_type, None
+    return GatewayError.error_type, UpstreamError.default_code

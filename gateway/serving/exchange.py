@@ -11,41 +11,38 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.admission.limits import Reservation
 from gateway.admission.service import Admission
-from gateway.errors import (
-    GatewayError,
-)
+from gateway.errors import EngineError, GatewayError
 from gateway.metering.meter import CLIENT_CLOSED, Meter
 from gateway.metrics import GatewayMetrics
 from gateway.records import Outcome, UsageRecord
 from gateway.routing.pool import EnginePool
 from gateway.serving.disconnect import ClientDisconnectedError, DisconnectWatch
-from gateway.serving.relay import (
-    SseSplitter,
-    UsageTracker,
-    meter_unread,
-)
-from gateway.serving.upstream import (
-    UpstreamResponse,
-)
+from gateway.serving.relay import SseSplitter, UsageTracker, error_from_body, meter_unread
+from gateway.serving.upstream import UpstreamResponse
 
 
 class Exchange:
     """One metered request: its ledger row, its engine, its usage so far."""
 
     def __init__(
-        self, meter: Meter, admission: Admission, metrics: GatewayMetrics, record: UsageRecord, tenant: str
+        self,
+        meter: Meter,
+        admission: Admission,
+        metrics: GatewayMetrics,
+        record: UsageRecord,
+        tenant_name: str,
     ) -> None:
         self._meter = meter
         self._admission = admission
         self.reservation: Reservation | None = None
         self._metrics = metrics
         self.record = record
-        self._tenant = tenant
+        self._tenant_name = tenant_name
         self._t0 = time.perf_counter()
         self.tracker = UsageTracker(started=self._t0)
         self.upstream: UpstreamResponse | None = None
         self.pool: EnginePool | None = None  # where ``upstream``'s engine slot goes back
-        self.completed = False
+        self.completed = False  # the engine's answer was read to its end (and relayed, unless an error)
         self.error: GatewayError | None = None
         self.splitter: SseSplitter | None = None  # a stream's, to meter what was left unrelayed
         self._finished = False
@@ -58,7 +55,7 @@ class Exchange:
         record, tracker = self.record, self.tracker
         if self.upstream is not None and self.pool is not None:
             endpoint = self.upstream.endpoint
-            self.pool.release(endpoint, self._tenant)
+            self.pool.release(endpoint, self._tenant_name)
             self._metrics.inflight.labels(endpoint.model).dec()
             # A response read to the end goes back to the pool; anything else is cut so the
             # engine aborts the generation instead of finishing it for nobody.
@@ -73,16 +70,21 @@ class Exchange:
             record.error_code = self.error.code
         elif not self.completed:
             record.outcome, record.http_status = Outcome.aborted, CLIENT_CLOSED
-        elif record.http_status >= 400:
-            record.outcome = Outcome.error
-            record.error_code = str((tracker.error or {}).get("code") or "") or None
         record.prompt_tokens = tracker.prompt_tokens
         record.completion_tokens = tracker.completion_tokens_known
         record.ttft_s = tracker.ttft_s
         record.ended_at = time.time()
-        self._meter.finish(record, self._tenant, time.perf_counter() - self._t0)
+        self._meter.finish(record, self._tenant_name, time.perf_counter() - self._t0)
         if self.reservation is not None:
             self._admission.settle(self.reservation, record)
+
+    async def read_engine_error(self) -> EngineError:
+        """The engine's 4xx/5xx answer, read whole and put in OpenAI's shape (the caller raises
+        it, so it reaches the client and the ledger like any other error)."""
+        assert self.upstream is not None
+        body = await self.upstream.read()
+        self.completed = True  # read to its end: the connection can be reused
+        return error_from_body(self.upstream.status, body)
 
     def limit_headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers every answer to a limited key carries."""

@@ -94,6 +94,8 @@ class ProxyService:
             self._meter.start(record)
             exchange.pool = self._router.pool(request.model)
             exchange.upstream = await self._open_unless_gone(http, exchange.pool, request, record)
+            if exchange.upstream.status >= 400:
+                raise await exchange.read_engine_error()
         except ClientDisconnectedError:
             exchange.finish()  # metered as aborted (499); the engine request was cut
             return Response(status_code=CLIENT_CLOSED)
@@ -141,7 +143,7 @@ class ProxyService:
     ) -> UpstreamResponse:
         """Send to the best engine. An engine that cannot be reached, that breaks off, or that
         answers 5xx before anything reached the client, is skipped for another; with none left,
-        the last 5xx is relayed as the engine sent it (504 if connections timed out)."""
+        the last 5xx is answered with its status and message (504 if connections timed out)."""
         key = affinity_key(request) if pool.policy.wants_key else None
         tenant = request.key.tenant_name
         tried: list[Endpoint] = []

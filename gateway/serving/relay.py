@@ -14,25 +14,50 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import EngineError
 from gateway.inference import InferenceRequest
 
-DONE = b"[DONE]"
+DONE = b"[DONE]"  # the data of a stream's last event
 _DATA = b"data: "
+_END = b"\n\n"
 
 
 class SseSplitter:
-    """Cuts a byte stream into SSE event payloads (the text after ``data: ``)."""
+    """Cuts a byte stream into SSE event blocks (the lines between blank lines), as they came."""
 
     def __init__(self) -> None:
         self._buffer = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        """The blocks ``chunk`` completes; a block cut short waits for the next chunk."""
         data = self._buffer + chunk if self._buffer else chunk
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
-        parts = data.split(b"\n\n")
-        self._buffer = parts.pop()
-        return [p[len(_DATA) :] if p.startswith(_DATA) else p for p in parts if p]
+        blocks = data.split(_END)
+        self._buffer = blocks.pop()
+        return [block for block in blocks if block]
+
+
+def split_fields(block: bytes) -> tuple[bytes, bytes | None]:
+    """(the block's other lines, each ending in a newline; its data, or None if it has none).
+
+    Comments (``: ping``) and ``event:``, ``id:`` and ``retry:`` lines are kept as they came; the
+    data lines are joined with newlines, as the SSE spec says."""
+    others: list[bytes] = []
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line.startswith(_DATA) else line[5:])
+        else:
+            others.append(line + b"\n")
+    return b"".join(others), b"\n".join(data) if data else None
+
+
+def event_data(block: bytes) -> bytes | None:
+    """The data of one SSE event block (None: a comment, or fields without data)."""
+    if block.startswith(_DATA) and b"\n" not in block:
+        return block[len(_DATA) :]  # vLLM's every event: one data line
+    return split_fields(block)[1]
 
 
 @dataclass(slots=True)
@@ -45,25 +70,23 @@ class UsageTracker:
     usage_seen: bool = False
     content_events: int = 0  # fallback count when an engine never reports usage
     first_token_at: float | None = None
-    error: dict[str, Any] | None = None
 
-    def take_usage(self, usage: Any) -> None:
+    def _take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
             self.usage_seen = True
 
     def take_event(self, event: dict[str, Any]) -> None:
+        """Usage and output of one stream event."""
         usage = event.get("usage")
         if usage:
-            self.take_usage(usage)
+            self._take_usage(usage)
         choices = event.get("choices")
         if choices and _has_output(choices):
             self.content_events += 1
             if self.first_token_at is None:
                 self.first_token_at = time.perf_counter()
-        if "error" in event and isinstance(event["error"], dict):
-            self.error = event["error"]
 
     def take_body(self, body: bytes) -> None:
         """Usage from a whole (non-streamed) response body."""
@@ -72,12 +95,11 @@ class UsageTracker:
         except orjson.JSONDecodeError:
             return
         if isinstance(payload, dict):
-            self.take_usage(payload.get("usage"))
-            if isinstance(payload.get("error"), dict):
-                self.error = payload["error"]
+            self._take_usage(payload.get("usage"))
 
     @property
     def completion_tokens_known(self) -> int:
+        """The engine's count when it reported one, else the content events seen."""
         return self.completion_tokens if self.usage_seen else self.content_events
 
     @property
@@ -113,36 +135,92 @@ class UsageShaper:
         return orjson.dumps(event)
 
 
+def error_from_body(status: int, body: bytes) -> EngineError:
+    """An engine's whole error answer in OpenAI's shape. vLLM writes ``{"error": {...}}``, older
+    versions ``{"object": "error", "message": ..., "code": 400}``, FastAPI ``{"detail": ...}``;
+    anything else gets a plain message."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict | str):
+        error = payload["error"]  # a string: vLLM's answer to a wrong --api-key
+        payload = error if isinstance(error, dict) else {"message": error}
+    return _engine_error(status, payload if isinstance(payload, dict) else {})
+
+
+def error_from_event(details: Any) -> EngineError:
+    """A stream's error event (``data: {"error": {...}}``) in OpenAI's shape; vLLM puts the HTTP
+    status it would have answered with in ``code``."""
+    if not isinstance(details, dict):
+        details = {"message": details}
+    code = details.get("code")
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    return _engine_error(status, details)
+
+
+def _engine_error(status: int, details: dict[str, Any]) -> EngineError:
+    message = details.get("message") or details.get("detail")
+    if not isinstance(message, str):
+        message = f"The engine answered with HTTP status {status}."
+    param, code = details.get("param"), details.get("code")
+    return EngineError(
+        status,
+        message,
+        param=param if isinstance(param, str) else None,
+        code=code if isinstance(code, str) else None,
+    )
+
+
 def meter_unread(tail: bytes, splitter: SseSplitter, tracker: UsageTracker) -> None:
     """Count the events of a stream's unrelayed tail (the client left): the engine made and sent
     those tokens, so its counters include them and so must the bill."""
-    for payload in splitter.feed(tail):
-        if payload != DONE:
-            try:
-                tracker.take_event(orjson.loads(payload))
-            except orjson.JSONDecodeError:
-                continue
+    for block in splitter.feed(tail):
+        payload = event_data(block)
+        if payload is None or payload == DONE:
+            continue
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            tracker.take_event(event)
 
 
 async def relay_events(
     chunks: AsyncIterator[bytes], tracker: UsageTracker, shaper: UsageShaper, splitter: SseSplitter
 ) -> AsyncIterator[bytes]:
-    """SSE in, SSE out: one output write per upstream read, holding nothing back."""
+    """SSE in, SSE out: one output write per upstream read, holding nothing back. Events are
+    passed on as they came unless shaped; an engine's error event raises ``EngineError`` (after
+    what came before it), which the caller sends in OpenAI's shape."""
     async for chunk in chunks:
         out: list[bytes] = []
-        for payload in splitter.feed(chunk):
-            if payload == DONE:
-                out.append(b"data: [DONE]\n\n")
-                continue
+        for block in splitter.feed(chunk):
+            if block.startswith(_DATA) and b"\n" not in block:
+                fields, payload = b"", block[len(_DATA) :]  # vLLM's every event: one data line
+            else:
+                fields, data = split_fields(block)
+                if data is None:  # a comment or a lone field: not ours to touch
+                    out.append(block + _END)
+                    continue
+                payload = data
             try:
-                event = orjson.loads(payload)
+                event = orjson.loads(payload) if payload != DONE else None
             except orjson.JSONDecodeError:
-                out.append(_DATA + payload + b"\n\n")  # not ours to judge; pass it on
+                event = None  # not ours to judge; pass it on
+            if not isinstance(event, dict):
+                out.append(block + _END)
                 continue
+            if "error" in event:
+                if out:
+                    yield b"".join(out)
+                raise error_from_event(event["error"])
             tracker.take_event(event)
             shaped = shaper.shape(payload, event)
-            if shaped is not None:
-                out.append(_DATA + shaped + b"\n\n")
+            if shaped is payload:
+                out.append(block + _END)
+            elif shaped is not None:
+                out.append(fields + _DATA + shaped + _END)
         if out:
             yield b"".join(out)
 

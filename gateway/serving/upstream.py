@@ -1,10 +1,19 @@
-"""The HTTP client to engines (aiohttp: measured cheaper per request than httpx)."""
+"""The HTTP client to engines, over a small transport seam.
+
+``UpstreamTransport`` is the one variation point: ``AiohttpTransport`` in production (aiohttp:
+measured cheaper per request than httpx), an in-process fake in tests
+(``tests/support/fake_upstream.py``). A transport returns a response exposing the part of
+aiohttp's ``ClientResponse`` the gateway uses and raises aiohttp's exceptions, so the production
+transport hands back aiohttp's own object (no wrapper, nothing added per chunk) and the mapping of
+transport failures onto gateway errors below is the same code under test and in production.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -14,6 +23,65 @@ from gateway.routing.endpoint import Endpoint
 logger = logging.getLogger(__name__)
 
 _JSON = "application/json"
+
+
+class BodyReader(Protocol):
+    """A response body as it arrives (aiohttp's ``StreamReader``)."""
+
+    async def readany(self) -> bytes:
+        """The next bytes that arrived (waits for some); b"" at the end."""
+        ...
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        """Each piece as it arrives, until the end."""
+        ...
+
+    def read_nowait(self) -> bytes:
+        """What has arrived and not been read, without waiting."""
+        ...
+
+
+class TransportResponse(Protocol):
+    """An engine's response once its headers are in (aiohttp's ``ClientResponse``)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> BodyReader: ...
+
+    def close(self) -> None:
+        """Drop the connection (idempotent, also after ``release``)."""
+        ...
+
+    def release(self) -> Any:
+        """Give a fully read connection back to the pool."""
+        ...
+
+
+class UpstreamTransport(Protocol):
+    """Sends one POST and returns when the response headers are in.
+
+    Failures are raised as aiohttp raises them: ``aiohttp.ClientError`` subclasses, or
+    ``TimeoutError`` for the transport's own timeouts."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> TransportResponse: ...
+
+
+class AiohttpTransport:
+    """The production transport: one pooled aiohttp session, its responses used as they come."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, connect_timeout_s: float, request_timeout_s: float
+    ) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+        return await self._session.post(url, data=body, headers=headers, timeout=self._timeout)
 
 
 class EngineUnreachableError(UpstreamError):
@@ -27,7 +95,7 @@ class EngineConnectTimeoutError(EngineUnreachableError):
 class UpstreamResponse:
     """An engine's response whose body has not been read yet."""
 
-    def __init__(self, response: aiohttp.ClientResponse, endpoint: Endpoint) -> None:
+    def __init__(self, response: TransportResponse, endpoint: Endpoint) -> None:
         self._response = response
         self.endpoint = endpoint
         self.status = response.status
@@ -49,6 +117,7 @@ class UpstreamResponse:
             raise UpstreamError("The engine ended its response before the first byte.")
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, starting with what ``read_head`` kept."""
         if self._head:
             head, self._head = self._head, b""
             yield head
@@ -62,6 +131,10 @@ class UpstreamResponse:
             logger.warning("engine %s broke off a response: %r", self.endpoint.url, exc)
             raise UpstreamError("The engine's response broke off.") from None
 
+    async def read(self) -> bytes:
+        """The whole body (an error answer: small, and needed whole to reshape it)."""
+        return b"".join([chunk async for chunk in self.chunks()])
+
     def unread(self) -> bytes:
         """What arrived from the engine but was not relayed (the client left meanwhile)."""
         head, self._head = self._head, b""
@@ -72,8 +145,7 @@ class UpstreamResponse:
 
     def close(self) -> None:
         """Drop the connection: an engine sees the disconnect and aborts the generation."""
-        if not self._response.closed:
-            self._response.close()
+        self._response.close()
 
     def release(self) -> None:
         """Hand a fully read connection back to the pool for reuse."""
@@ -83,23 +155,14 @@ class UpstreamResponse:
 class UpstreamClient:
     """Sends a prepared body to one endpoint, mapping transport failures onto gateway errors."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        connect_timeout_s: float,
-        request_timeout_s: float,
-        first_token_timeout_s: float,
-    ) -> None:
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
+    def __init__(self, transport: UpstreamTransport, first_token_timeout_s: float) -> None:
+        self._transport = transport
         self.first_token_timeout_s = first_token_timeout_s
 
     async def post(self, endpoint: Endpoint, path: str, body: bytes, request_id: str) -> UpstreamResponse:
         headers = {"Content-Type": _JSON, "X-Request-Id": request_id}
         try:
-            response = await self._session.post(
-                endpoint.url + path, data=body, headers=headers, timeout=self._timeout
-            )
+            response = await self._transport.post(endpoint.url + path, body, headers)
         except aiohttp.ConnectionTimeoutError:
             raise EngineConnectTimeoutError("Could not connect to the engine in time.") from None
         except TimeoutError:

@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from gateway.errors import EngineError
 from gateway.records import Api
 from gateway.serving.relay import (
     SseSplitter,
     UsageShaper,
     UsageTracker,
+    event_data,
     meter_unread,
     relay_body,
     relay_events,
+    split_fields,
 )
 from tests.support.inference import typed_request
 
@@ -48,11 +51,50 @@ def test_splitter_reassembles_events_cut_anywhere() -> None:
     for cut in range(1, len(stream)):
         splitter = SseSplitter()
         events = splitter.feed(stream[:cut]) + splitter.feed(stream[cut:])
-        assert len(events) == 3 and events[-1] == b"[DONE]"
+        assert [e + b"\n\n" for e in events] == [chunk("a"), chunk("b"), b"data: [DONE]\n\n"]
 
 
 def test_splitter_accepts_crlf() -> None:
-    assert SseSplitter().feed(b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n') == [b'{"a":1}', b"[DONE]"]
+    blocks = SseSplitter().feed(b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n')
+    assert blocks == [b'data: {"a":1}', b"data: [DONE]"]
+
+
+@pytest.mark.parametrize(
+    ("block", "fields", "data"),
+    [
+        (b'data: {"a":1}', b"", b'{"a":1}'),
+        (b'data:{"a":1}', b"", b'{"a":1}'),  # the space after the colon is optional
+        (b": ping", b": ping\n", None),
+        (b"id: 7\nretry: 100", b"id: 7\nretry: 100\n", None),
+        (b'event: message\ndata: {"a":1}', b"event: message\n", b'{"a":1}'),
+        (b'data: {"a":\ndata: 1}', b"", b'{"a":\n1}'),  # several data lines join with newlines
+    ],
+)
+def test_event_blocks_are_read_as_the_sse_spec_says(block: bytes, fields: bytes, data: bytes | None) -> None:
+    assert split_fields(block) == (fields, data)
+    assert event_data(block) == data
+
+
+async def test_comments_and_lone_fields_pass_through_unchanged() -> None:
+    upstream = [
+        b": ping\n\n",
+        chunk(" hi", usage(5, 1)),
+        b"retry: 500\nid: 3\n\n: ping\n\n",
+        b"data: [DONE]\n\n",
+    ]
+    tracker = UsageTracker()
+    continuous = call({"include_usage": True, "continuous_usage_stats": True})
+    out = [p async for p in relay_events(feed(upstream), tracker, continuous, SseSplitter())]
+    assert out == upstream
+    assert (tracker.completion_tokens, tracker.content_events) == (1, 1)
+
+
+async def test_an_event_line_is_kept_while_its_data_is_metered_and_shaped() -> None:
+    event = b"event: completion\n" + chunk(" hi", usage(5, 1))
+    tracker = UsageTracker()
+    out = [p async for p in relay_events(feed([event]), tracker, call(None), SseSplitter())]
+    assert out == [b"event: completion\n" + chunk(" hi")]  # the usage the client did not ask for goes
+    assert (tracker.prompt_tokens, tracker.completion_tokens, tracker.content_events) == (5, 1, 1)
 
 
 async def test_stream_forced_usage_is_stripped_when_client_did_not_ask() -> None:
@@ -89,11 +131,20 @@ async def test_no_usage_from_engine_falls_back_to_counting_content_events() -> N
     assert (tracker.usage_seen, tracker.completion_tokens_known) == (False, 3)
 
 
-async def test_error_event_is_recorded_and_passed_on() -> None:
+async def test_an_error_event_ends_the_relay_after_what_came_before_it() -> None:
     tracker = UsageTracker()
-    err = b'data: {"error": {"message": "boom", "type": "x"}}\n\n'
-    out = [p async for p in relay_events(feed([err]), tracker, call(None), SseSplitter())]
-    assert out == [err] and tracker.error == {"message": "boom", "type": "x"}
+    err = b'data: {"error": {"message": "boom", "type": "BadRequestError", "param": "n", "code": 400}}\n\n'
+    out: list[bytes] = []
+    with pytest.raises(EngineError) as raised:
+        async for piece in relay_events(
+            feed([chunk(" a", usage(5, 1)) + err]), tracker, call(None), SseSplitter()
+        ):
+            out.append(piece)
+    assert out == [chunk(" a")] and tracker.completion_tokens == 1
+    assert (raised.value.status_code, raised.value.to_dict()) == (
+        400,
+        {"error": {"message": "boom", "type": "invalid_request_error", "param": "n", "code": None}},
+    )
 
 
 async def test_body_is_forwarded_piece_by_piece_and_usage_read_at_end() -> None:
@@ -117,8 +168,8 @@ def test_the_unrelayed_tail_of_a_cut_stream_is_metered() -> None:
         b'data: {"choices":[{"delta":{"content":"a"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}'
         b'\n\ndata: {"ch'
     )
-    for payload in splitter.feed(first):
-        tracker.take_event(orjson.loads(payload))
+    for block in splitter.feed(first):
+        tracker.take_event(orjson.loads(block.removeprefix(b"data: ")))
     assert tracker.completion_tokens_known == 1
     # The client left; these bytes had arrived but were never relayed.
     tail = (
