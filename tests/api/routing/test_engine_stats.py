@@ -12,6 +12,7 @@ from gateway.routing.endpoint import Endpoint
 from gateway.routing.engine_stats import EngineStats, EngineStatsScraper, parse_engine_stats
 from gateway.routing.policies import LeastLoad
 from gateway.routing.router import Router
+from tests.support.metrics import total
 
 VLLM_PAGE = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 # TYPE vllm:num_requests_running gauge
@@ -71,4 +72,13 @@ async def test_scraper_reads_a_real_engine(sim_engine: str) -> None:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        # The engine is shared by the session's tests: leave it idle, not with this test's
+        # requests still queued behind a 2 s first token.
+        for _ in range(200):
+            page = (await sim.get("/metrics")).text
+            if total(page, "vllm:num_requests_running") + total(page, "vllm:num_requests_waiting") == 0:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the engine still holds this test's requests")
         (await sim.post("/sim/reset")).raise_for_status()
