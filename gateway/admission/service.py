@@ -72,12 +72,14 @@ class Admission:
             raise
 
     def _estimate(self, request: InferenceRequest) -> tuple[int, int]:
-        """(prompt tokens, output tokens) to reserve: the prompt as counted, the output at its cap."""
+        """(prompt tokens, output tokens) to reserve: the prompt as counted (the engine reports it
+        once, whatever ``n``), the output at its cap for each of the ``n`` choices (each may
+        generate up to ``max_tokens``, and the engine bills their sum)."""
         counter = self._counters.get(request.model)
         prompt = counter.count_prompt(request) if counter is not None else 0
         if request.api is Api.embeddings:
             return prompt, 0
-        return prompt, request.max_tokens or self._default_max_tokens
+        return prompt, (request.max_tokens or self._default_max_tokens) * request.n
 
     def settle(self, reservation: Reservation, record: UsageRecord) -> None:
         """Trade the reservation for the actual usage; runs from any ``finally`` (never awaits)."""

@@ -48,6 +48,14 @@ async def test_a_chat_reserves_its_prompt_and_its_completion_cap() -> None:
     assert (await reserved(uncapped))[0] == PROMPT_TOKENS + DEFAULT_MAX_TOKENS
 
 
+async def test_n_choices_reserve_the_completion_cap_n_times_and_the_prompt_once() -> None:
+    three = typed_request(Api.chat, {"messages": MESSAGES, "max_tokens": 7, "n": 3})
+    assert await reserved(three) == (PROMPT_TOKENS + 21, PROMPT_TOKENS * 10**6 + 21 * 2 * 10**6)
+    one, two = ({"prompt": "x"}, {"prompt": "x", "n": 2})
+    single, double = [(await reserved(typed_request(Api.completions, body)))[0] for body in (one, two)]
+    assert double - single == DEFAULT_MAX_TOKENS
+
+
 async def test_an_embedding_reserves_only_its_input() -> None:
     request = typed_request(Api.embeddings, {"input": ["a" * 29, "b"], "max_tokens": 50})
     assert (await reserved(request))[0] == 10 + 1 + 2 * 2
