@@ -45,7 +45,7 @@ async def serve_gateway(settings: Settings, spec: DeploymentSpec | None = None) 
 
 def app_from_env() -> FastAPI:
     """For ``uvicorn --factory gateway.server:app_from_env`` (several worker processes)."""
-    app = create_app(Settings())
+    app = create_app(Settings.load())  # a bad GATEWAY_* variable is named, not a traceback
     freeze_startup_objects()
     return app
 
