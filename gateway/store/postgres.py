@@ -31,6 +31,7 @@ from gateway.store.rows import (
     USAGE_COLUMNS,
     key_from_row,
     new_id,
+    new_key,
     tenant_from_row,
     usage_filter,
     usage_from_row,
@@ -242,17 +243,7 @@ class PostgresStore:
             tenant = await _select_tenant(conn, tenant_name, lock="FOR SHARE")
             if tenant.status == TenantStatus.deleted:
                 raise ConflictError(f"tenant {tenant_name!r} is deleted")
-            key = ApiKey(
-                id=new_id("key"),
-                tenant_id=tenant.id,
-                tenant_name=tenant.name,
-                key_hash=key_hash,
-                prefix=prefix,
-                created_at=time.time(),
-                models=models,
-                expires_at=expires_at,
-                tenant_status=tenant.status,
-            )
+            key = new_key(tenant, key_hash, prefix, models, expires_at)
             await conn.execute(
                 "INSERT INTO api_keys (id, tenant_id, key_hash, prefix, models, expires_at, created_at) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)",

@@ -7,6 +7,7 @@ SQLite; a text array and JSONB in PostgreSQL), so those decoders come in as argu
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,6 +47,23 @@ ModelsDecoder = Callable[[Any], frozenset[str] | None]
 
 def new_id(kind: str) -> str:
     return f"{kind}_{secrets.token_hex(8)}"
+
+
+def new_key(
+    tenant: Tenant, key_hash: str, prefix: str, models: frozenset[str] | None, expires_at: float | None
+) -> ApiKey:
+    """A key about to be inserted for ``tenant`` (created now, with a new id)."""
+    return ApiKey(
+        id=new_id("key"),
+        tenant_id=tenant.id,
+        tenant_name=tenant.name,
+        key_hash=key_hash,
+        prefix=prefix,
+        created_at=time.time(),
+        models=models,
+        expires_at=expires_at,
+        tenant_status=tenant.status,
+    )
 
 
 def tenant_from_row(row: Sequence[Any], limits: LimitsDecoder) -> Tenant:

@@ -25,6 +25,7 @@ from gateway.store.rows import (
     USAGE_FIELDS,
     key_from_row,
     new_id,
+    new_key,
     tenant_from_row,
     usage_filter,
     usage_from_row,
@@ -189,17 +190,7 @@ class SqliteStore:
         tenant = await self.get_tenant(tenant_name)
         if tenant.status == TenantStatus.deleted:
             raise ConflictError(f"tenant {tenant_name!r} is deleted")
-        key = ApiKey(
-            id=new_id("key"),
-            tenant_id=tenant.id,
-            tenant_name=tenant.name,
-            key_hash=key_hash,
-            prefix=prefix,
-            created_at=time.time(),
-            models=models,
-            expires_at=expires_at,
-            tenant_status=tenant.status,
-        )
+        key = new_key(tenant, key_hash, prefix, models, expires_at)
         models_json = json.dumps(sorted(models)) if models is not None else None
         await self._run(
             lambda c: c.execute(
