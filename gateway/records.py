@@ -35,6 +35,9 @@ class Outcome(StrEnum):
     aborted = "aborted"  # the client went away before the response ended
     # The gateway died mid-request (found "started" in its journal at the next start).
     interrupted = "interrupted"
+    # Not a request: tokens an engine counted for a request beyond what the gateway saw (a client
+    # that left mid-generation), found by reconciliation; ``adjusts`` names the request.
+    adjustment = "adjustment"
 
 
 class TenantStatus(StrEnum):
@@ -102,6 +105,12 @@ class UsageRecord:
     # database; ``gateway.metering.pricing`` converts to and from ``Decimal``.
     cost_pico: int = 0
     price_version: str | None = None
+    # Of ``prompt_tokens``, those the engine served from its prefix cache (priced apart).
+    cached_tokens: int = 0
+    # Choices asked for (OpenAI's ``n``): the engine processes the prompt once per choice.
+    choices: int = 1
+    service_tier: str | None = None  # as the request asked (None: the default tier)
+    adjusts: str | None = None  # an adjustment row's request
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -114,3 +123,4 @@ class UsageGroup:
     prompt_tokens: int
     completion_tokens: int
     cost_pico: int
+    cached_tokens: int = 0  # of ``prompt_tokens``

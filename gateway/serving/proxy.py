@@ -87,7 +87,8 @@ class ProxyService:
                 request_id=record.request_id,
                 session_id=http.headers.get("x-session-id"),
             )
-            record.model = request.model
+            record.model, record.choices = request.model, request.n
+            record.service_tier = request.service_tier
             if not key.allows(request.model):
                 raise ModelNotFoundError(request.model)
             exchange.reservation = await self._admission.admit(request, record.started_at)

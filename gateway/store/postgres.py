@@ -55,12 +55,18 @@ _USAGE_TYPES = {
     "error_code": "text",
     "cost_pico": "int8",
     "price_version": "text",
+    "cached_tokens": "int8",
+    "choices": "int4",
+    "service_tier": "text",
+    "adjusts": "text",
 }
 _INSERT_USAGE = (
     f"INSERT INTO usage_ledger ({USAGE_COLUMNS}) "
     f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for t in _USAGE_TYPES.values())}) "
     "ON CONFLICT (request_id) DO NOTHING"
 )
+# One ledger writer at a time across every gateway process; this constant spells "gw-ledgr".
+LEDGER_WRITE_LOCK = 0x67772D6C65646772
 # Report groupings: SQL expression per ``GroupBy``; days are UTC whatever the session's TimeZone.
 _UTC_DAY = "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 _GROUP_EXPR = {"day": _UTC_DAY, "model": "model", "key": "key_id"}
@@ -91,7 +97,7 @@ def report_query(
     where, args = usage_filter(tenant_id, start, end, "%s")
     sql = (
         f"SELECT {_GROUP_EXPR[group_by]} AS g, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
-        f"SUM(cost_pico) FROM usage_ledger {where} GROUP BY g ORDER BY g"
+        f"SUM(cost_pico), SUM(cached_tokens) FROM usage_ledger {where} GROUP BY g ORDER BY g"
     )
     return sql, args
 
@@ -299,9 +305,13 @@ class PostgresStore:
         # One statement per batch: a binary array per column, unnested server-side. Faster than
         # executemany (pipelined) one-row INSERTs, and text arrays would be slower than both, as
         # parsing them costs the server more (benchmarks/RESULTS.md, "Ledger").
+        # Batches are written one at a time (a transaction-scoped advisory lock), so rows commit in
+        # the order of their ``seq`` and a reader of the usage events never passes a number that a
+        # slower transaction is still to commit. A batch is a few per second per replica.
         if not records:
             return 0
-        async with self._connection(transaction=False) as conn:
+        async with self._connection() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LEDGER_WRITE_LOCK,))
             cursor = await conn.execute(_INSERT_USAGE, _usage_columns(records))
             return cursor.rowcount
 
@@ -319,7 +329,7 @@ class PostgresStore:
     ) -> list[UsageGroup]:
         rows = await self._fetchall(*report_query(tenant_id, start, end, group_by))
         # SUM over BIGINT is NUMERIC in PostgreSQL (it cannot overflow); Python ints are exact too.
-        return [UsageGroup(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+        return [UsageGroup(str(r[0]), *(int(v) for v in r[1:6])) for r in rows]
 
 
 @contextmanager

@@ -53,6 +53,57 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tenants ADD COLUMN limits JSONB;
     ALTER TABLE api_keys ADD COLUMN limits JSONB;
     """,
+    # Metering, part 2 (as in SQLite's migration 4).
+    """
+    ALTER TABLE usage_ledger ADD COLUMN cached_tokens BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE usage_ledger ADD COLUMN choices INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE usage_ledger ADD COLUMN service_tier TEXT;
+    ALTER TABLE usage_ledger ADD COLUMN adjusts TEXT;
+    ALTER TABLE usage_ledger ADD COLUMN seq BIGSERIAL;
+    CREATE UNIQUE INDEX usage_ledger_seq ON usage_ledger (seq);
+    CREATE INDEX usage_ledger_endpoint_end ON usage_ledger (endpoint, ended_at);
+    CREATE TABLE engine_counters (
+        engine TEXT PRIMARY KEY,
+        incarnation DOUBLE PRECISION NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        generation_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        prefix_hits BIGINT NOT NULL,
+        prefix_queries BIGINT NOT NULL,
+        sampled_at DOUBLE PRECISION NOT NULL,
+        quiet_at DOUBLE PRECISION,
+        quiet_prompt_tokens BIGINT,
+        quiet_generation_tokens BIGINT,
+        quiet_cached_tokens BIGINT
+    );
+    CREATE TABLE engine_usage (
+        engine TEXT NOT NULL,
+        hour DOUBLE PRECISION NOT NULL,
+        prompt_tokens BIGINT NOT NULL DEFAULT 0,
+        generation_tokens BIGINT NOT NULL DEFAULT 0,
+        cached_tokens BIGINT NOT NULL DEFAULT 0,
+        prefix_hits BIGINT NOT NULL DEFAULT 0,
+        prefix_queries BIGINT NOT NULL DEFAULT 0,
+        resets INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (engine, hour)
+    );
+    CREATE TABLE reconcile_periods (
+        engine TEXT NOT NULL,
+        start_at DOUBLE PRECISION NOT NULL,
+        end_at DOUBLE PRECISION NOT NULL,
+        prompt_tokens BIGINT NOT NULL,
+        generation_tokens BIGINT NOT NULL,
+        cached_tokens BIGINT NOT NULL,
+        resets INTEGER NOT NULL DEFAULT 0,
+        settled_at DOUBLE PRECISION,
+        PRIMARY KEY (engine, end_at)
+    );
+    CREATE TABLE outbox_cursors (
+        name TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
 
 # Any constant shared by every gateway process will do; this one spells "gw-migrate".

@@ -38,6 +38,10 @@ USAGE_FIELDS = (
     "error_code",
     "cost_pico",
     "price_version",
+    "cached_tokens",
+    "choices",
+    "service_tier",
+    "adjusts",
 )
 USAGE_COLUMNS = ", ".join(USAGE_FIELDS)
 

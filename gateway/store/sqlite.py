@@ -34,7 +34,13 @@ from gateway.store.sqlite_schema import migrate
 
 T = TypeVar("T")
 
-_USAGE_PLACEHOLDERS = ", ".join("?" * len(USAGE_FIELDS))
+# ``seq`` numbers rows in the order they are written (the usage events' cursor); one writer at a
+# time in SQLite, so the next number is the largest so far plus one (an index lookup).
+_PLACEHOLDERS = ", ".join("?" * len(USAGE_FIELDS))
+_INSERT_USAGE = (
+    f"INSERT OR IGNORE INTO usage_ledger ({USAGE_COLUMNS}, seq) VALUES ({_PLACEHOLDERS}, "
+    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM usage_ledger))"
+)
 # Report groupings: SQL expression per ``GroupBy``.
 _GROUP_EXPR = {"day": "date(started_at, 'unixepoch')", "model": "model", "key": "key_id"}
 
@@ -65,6 +71,10 @@ def _usage_row(r: UsageRecord) -> tuple[Any, ...]:
         r.error_code,
         r.cost_pico,
         r.price_version,
+        r.cached_tokens,
+        r.choices,
+        r.service_tier,
+        r.adjusts,
     )
 
 
@@ -260,10 +270,7 @@ class SqliteStore:
 
         def insert(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
-            conn.executemany(
-                f"INSERT OR IGNORE INTO usage_ledger ({USAGE_COLUMNS}) VALUES ({_USAGE_PLACEHOLDERS})",
-                rows,
-            )
+            conn.executemany(_INSERT_USAGE, rows)
             return conn.total_changes - before
 
         return await self._run(insert)
@@ -286,12 +293,13 @@ class SqliteStore:
         expr = _GROUP_EXPR[group_by]
         rows = await self._run(
             lambda c: c.execute(
-                f"SELECT {expr} AS g, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_pico) "
+                f"SELECT {expr} AS g, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_pico), "
+                f"SUM(cached_tokens) "
                 f"FROM usage_ledger {where} GROUP BY g ORDER BY g",
                 args,
             ).fetchall()
         )
-        return [UsageGroup(str(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+        return [UsageGroup(str(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
 def _select_tenant(conn: sqlite3.Connection, name: str) -> Tenant:

@@ -51,6 +51,59 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tenants ADD COLUMN limits TEXT;
     ALTER TABLE api_keys ADD COLUMN limits TEXT;
     """,
+    # Metering, part 2: cached prompt tokens, choices (the engine counts the prompt once per choice),
+    # the service tier, adjustment rows, the usage events' order, and the engines' own counters.
+    """
+    ALTER TABLE usage_ledger ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_ledger ADD COLUMN choices INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE usage_ledger ADD COLUMN service_tier TEXT;
+    ALTER TABLE usage_ledger ADD COLUMN adjusts TEXT;
+    ALTER TABLE usage_ledger ADD COLUMN seq INTEGER;
+    UPDATE usage_ledger SET seq = rowid;
+    CREATE UNIQUE INDEX usage_ledger_seq ON usage_ledger(seq);
+    CREATE INDEX usage_ledger_endpoint_end ON usage_ledger(endpoint, ended_at);
+    CREATE TABLE engine_counters (
+        engine TEXT PRIMARY KEY,
+        incarnation REAL NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        generation_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        prefix_hits INTEGER NOT NULL,
+        prefix_queries INTEGER NOT NULL,
+        sampled_at REAL NOT NULL,
+        quiet_at REAL,
+        quiet_prompt_tokens INTEGER,
+        quiet_generation_tokens INTEGER,
+        quiet_cached_tokens INTEGER
+    );
+    CREATE TABLE engine_usage (
+        engine TEXT NOT NULL,
+        hour REAL NOT NULL,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        generation_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_tokens INTEGER NOT NULL DEFAULT 0,
+        prefix_hits INTEGER NOT NULL DEFAULT 0,
+        prefix_queries INTEGER NOT NULL DEFAULT 0,
+        resets INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (engine, hour)
+    );
+    CREATE TABLE reconcile_periods (
+        engine TEXT NOT NULL,
+        start_at REAL NOT NULL,
+        end_at REAL NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        generation_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        resets INTEGER NOT NULL DEFAULT 0,
+        settled_at REAL,
+        PRIMARY KEY (engine, end_at)
+    );
+    CREATE TABLE outbox_cursors (
+        name TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 ]
 
 
