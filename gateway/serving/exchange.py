@@ -72,6 +72,7 @@ class Exchange:
             record.outcome, record.http_status = Outcome.aborted, CLIENT_CLOSED
         record.prompt_tokens = tracker.prompt_tokens
         record.completion_tokens = tracker.completion_tokens_known
+        record.cached_tokens = min(tracker.cached_tokens, tracker.prompt_tokens)
         record.ttft_s = tracker.ttft_s
         record.ended_at = time.time()
         self._meter.finish(record, self._tenant_name, time.perf_counter() - self._t0)

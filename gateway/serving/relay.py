@@ -62,27 +62,45 @@ def event_data(block: bytes) -> bytes | None:
 
 @dataclass(slots=True)
 class UsageTracker:
-    """What the engine reported (or, failing that, what was seen) about token usage."""
+    """What the engine reported (or, failing that, what was seen) about token usage.
+
+    With ``n > 1`` vLLM's running usage (continuous usage stats) is per choice: each event carries
+    one choice and that choice's completion tokens so far, so the total is the sum of the latest
+    value of each choice until the final usage chunk (no choices) gives the whole."""
 
     started: float = field(default_factory=time.perf_counter)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, served from the engine's prefix cache
     usage_seen: bool = False
     content_events: int = 0  # fallback count when an engine never reports usage
     first_token_at: float | None = None
+    _per_choice: dict[int, int] | None = None  # running completion tokens by choice index (n > 1)
 
-    def _take_usage(self, usage: Any) -> None:
-        if isinstance(usage, dict):
-            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens = int(usage.get("completion_tokens") or 0)
-            self.usage_seen = True
+    def _take_usage(self, usage: Any, choices: Any = None) -> None:
+        if not isinstance(usage, dict):
+            return
+        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and details.get("cached_tokens"):
+            self.cached_tokens = int(details["cached_tokens"])
+        self.usage_seen = True
+        index = choices[0].get("index", 0) if choices and len(choices) == 1 else None
+        if index is None or (index == 0 and self._per_choice is None):
+            self.completion_tokens = completion  # the whole (or the only choice so far)
+            return
+        if self._per_choice is None:
+            self._per_choice = {0: self.completion_tokens}
+        self._per_choice[index] = completion
+        self.completion_tokens = sum(self._per_choice.values())
 
     def take_event(self, event: dict[str, Any]) -> None:
         """Usage and output of one stream event."""
         usage = event.get("usage")
-        if usage:
-            self._take_usage(usage)
         choices = event.get("choices")
+        if usage:
+            self._take_usage(usage, choices)
         if choices and _has_output(choices):
             self.content_events += 1
             if self.first_token_at is None:

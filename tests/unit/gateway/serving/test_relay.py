@@ -178,3 +178,40 @@ def test_the_unrelayed_tail_of_a_cut_stream_is_metered() -> None:
     )
     meter_unread(tail, splitter, tracker)
     assert (tracker.prompt_tokens, tracker.completion_tokens_known) == (3, 2)
+
+
+def choice_event(index: int, completion: int) -> dict[str, object]:
+    return {
+        "choices": [{"index": index, "delta": {"content": "t"}, "finish_reason": None}],
+        "usage": usage(7, completion),
+    }
+
+
+def test_running_usage_of_several_choices_is_summed_per_choice() -> None:
+    """vLLM's continuous usage with n > 1 counts each choice apart: the stream cut here had made
+    3 + 2 tokens, not the last event's 2."""
+    tracker = UsageTracker()
+    for index, completion in ((0, 1), (1, 1), (0, 2), (1, 2), (0, 3)):
+        tracker.take_event(choice_event(index, completion))
+    assert (tracker.prompt_tokens, tracker.completion_tokens_known) == (7, 5)
+    # The final usage chunk (no choices) is the engine's whole count and wins.
+    tracker.take_event({"choices": [], "usage": usage(7, 9)})
+    assert tracker.completion_tokens_known == 9
+
+
+def test_one_choice_keeps_the_latest_running_count() -> None:
+    tracker = UsageTracker()
+    for completion in (1, 2, 3):
+        tracker.take_event(choice_event(0, completion))
+    assert tracker.completion_tokens_known == 3
+
+
+@pytest.mark.parametrize(
+    "details, cached",
+    [({"cached_tokens": 256}, 256), ({"cached_tokens": None}, 0), (None, 0), ("junk", 0)],
+)
+def test_cached_prompt_tokens_are_read_from_the_usage(details: object, cached: int) -> None:
+    tracker = UsageTracker()
+    body = {"usage": {"prompt_tokens": 303, "completion_tokens": 4, "prompt_tokens_details": details}}
+    tracker.take_body(orjson.dumps(body))
+    assert (tracker.prompt_tokens, tracker.cached_tokens) == (303, cached)
