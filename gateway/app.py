@@ -33,6 +33,7 @@ from gateway.routing.engine_stats import EngineStatsScraper
 from gateway.routing.health import EjectionPolicy, HealthChecker
 from gateway.routing.router import Router
 from gateway.serving.proxy import ProxyService
+from gateway.serving.tails import TailReader
 from gateway.serving.upstream import AiohttpTransport, UpstreamClient, create_session
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -120,6 +121,8 @@ async def _open_state(
         store, journal, metrics, settings.ledger_flush_interval_s, settings.ledger_batch_size
     )
     stack.push_async_callback(ledger.close)  # the last rows, while the store and journal are open
+    tails = TailReader(settings.abort_drain_s)
+    stack.push_async_callback(tails.wait)  # cut streams' last tokens, before the ledger closes
     meter = Meter(ledger, journal, prices, metrics, known_models=set(router.pools))
     _recover(journal, meter, leftovers)
     health = _health_checker(settings, router, session, metrics, clock)
@@ -135,7 +138,9 @@ async def _open_state(
         health=health,
         authenticator=Authenticator(store, settings.auth_cache_ttl_s),
         ledger=ledger,
-        proxy=ProxyService(router, upstream, health, admission, meter, metrics, settings.max_body_bytes),
+        proxy=ProxyService(
+            router, upstream, health, admission, meter, metrics, settings.max_body_bytes, tails
+        ),
         journal=journal,
         prices=prices,
         meter=meter,

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # counts towards ejection); a whole request is generous because generations can be long.
     connect_timeout_s: float = Field(default=5.0, gt=0)
     first_token_timeout_s: float = Field(default=120.0, gt=0)
+    # After a client leaves a stream, how long the engine may take to stop and send what it had
+    # made (metered: the engine counted it). Engines stop within milliseconds; this is a bound.
+    abort_drain_s: float = Field(default=1.0, gt=0, le=30)
     request_timeout_s: float = Field(default=600.0, gt=0)
     # Passive ejection (gateway/routing/health.py): failed requests in a row, first cool-down, longest.
     eject_after_failures: int = Field(default=5, ge=1)

@@ -18,6 +18,7 @@ from gateway.records import Outcome, UsageRecord
 from gateway.routing.pool import EnginePool
 from gateway.serving.disconnect import ClientDisconnectedError, DisconnectWatch
 from gateway.serving.relay import SseSplitter, UsageTracker, error_from_body, meter_unread
+from gateway.serving.tails import TailReader
 from gateway.serving.upstream import UpstreamResponse
 
 
@@ -29,6 +30,7 @@ class Exchange:
         meter: Meter,
         admission: Admission,
         metrics: GatewayMetrics,
+        tails: TailReader,
         record: UsageRecord,
         tenant_name: str,
     ) -> None:
@@ -36,35 +38,65 @@ class Exchange:
         self._admission = admission
         self.reservation: Reservation | None = None
         self._metrics = metrics
+        self._tails = tails
         self.record = record
         self._tenant_name = tenant_name
         self._t0 = time.perf_counter()
         self.tracker = UsageTracker(started=self._t0)
         self.upstream: UpstreamResponse | None = None
         self.pool: EnginePool | None = None  # where ``upstream``'s engine slot goes back
+        # A stream opened on an engine whose first event had not come when the client left (its
+        # engine slot is already back): its tail is read and metered like a cut stream's.
+        self.pending: UpstreamResponse | None = None
         self.completed = False  # the engine's answer was read to its end (and relayed, unless an error)
         self.error: GatewayError | None = None
         self.splitter: SseSplitter | None = None  # a stream's, to meter what was left unrelayed
         self._finished = False
 
     def finish(self) -> None:
-        """Close the engine connection, then meter; later calls do nothing."""
+        """Close the engine connection, then meter; later calls do nothing. A stream the client
+        cut is metered once its tail is read (``_finish_after_tail``, in the background)."""
         if self._finished:
             return
         self._finished = True
+        tail = self._cut_stream()
+        if tail is not None:
+            self._tails.spawn(self._finish_after_tail(tail))
+            return
+        if self.upstream is not None:
+            if self.completed:
+                self.upstream.release()  # read to the end: back to the pool
+            else:
+                self.upstream.close()  # the engine aborts the generation instead of finishing it
+        self._meter_and_settle()
+
+    def _cut_stream(self) -> UpstreamResponse | None:
+        """The engine stream a client left (no error of ours or the engine's), if any."""
+        if self.completed or self.error is not None:
+            return None
+        if self.upstream is not None and self.splitter is not None:
+            return self.upstream
+        if self.pending is not None:
+            self.splitter = SseSplitter()
+            return self.pending
+        return None
+
+    async def _finish_after_tail(self, upstream: UpstreamResponse) -> None:
+        """Tell the engine the client is gone and meter what it still sends (it counted those
+        tokens), then close and meter as usual."""
+        assert self.splitter is not None
+        try:
+            meter_unread(await upstream.drain(self._tails.timeout_s), self.splitter, self.tracker)
+        finally:
+            upstream.close()
+            self._meter_and_settle()
+
+    def _meter_and_settle(self) -> None:
         record, tracker = self.record, self.tracker
         if self.upstream is not None and self.pool is not None:
             endpoint = self.upstream.endpoint
             self.pool.release(endpoint, self._tenant_name)
             self._metrics.inflight.labels(endpoint.model).dec()
-            # A response read to the end goes back to the pool; anything else is cut so the
-            # engine aborts the generation instead of finishing it for nobody.
-            if self.completed:
-                self.upstream.release()
-            else:
-                if self.splitter is not None:
-                    meter_unread(self.upstream.unread(), self.splitter, tracker)
-                self.upstream.close()
         if self.error is not None:
             record.outcome, record.http_status = Outcome.error, self.error.status_code
             record.error_code = self.error.code

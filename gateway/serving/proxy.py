@@ -35,6 +35,7 @@ from gateway.serving.relay import (
     relay_body,
     relay_events,
 )
+from gateway.serving.tails import TailReader
 from gateway.serving.upstream import (
     EngineConnectTimeoutError,
     EngineUnreachableError,
@@ -44,8 +45,9 @@ from gateway.serving.upstream import (
 
 _DONE = b"data: [DONE]\n\n"
 
-# How often a running stream's token count is journaled (what a gateway crash would bill).
-PROGRESS_EVERY_S = 1.0
+# How often a running stream's token count is journaled (what a gateway killed with -9 bills): a
+# line of a few dozen bytes, one write(2) of a few microseconds, from the first event on.
+PROGRESS_EVERY_S = 0.1
 
 
 class ProxyService:
@@ -60,6 +62,7 @@ class ProxyService:
         meter: Meter,
         metrics: GatewayMetrics,
         max_body_bytes: int,
+        tails: TailReader,
     ) -> None:
         self._router = router
         self._upstream = upstream
@@ -68,6 +71,7 @@ class ProxyService:
         self._meter = meter
         self._metrics = metrics
         self._max_body_bytes = max_body_bytes
+        self._tails = tails
 
     async def handle(self, api: Api, key: ApiKey, http: Request) -> Response:
         record = UsageRecord(
@@ -78,7 +82,7 @@ class ProxyService:
             api=api.value,
             started_at=time.time(),
         )
-        exchange = Exchange(self._meter, self._admission, self._metrics, record, key.tenant_name)
+        exchange = Exchange(self._meter, self._admission, self._metrics, self._tails, record, key.tenant_name)
         try:
             request = parse_request(
                 api,
@@ -94,7 +98,7 @@ class ProxyService:
             exchange.reservation = await self._admission.admit(request, record.started_at)
             self._meter.start(record)
             exchange.pool = self._router.pool(request.model)
-            exchange.upstream = await self._open_unless_gone(http, exchange.pool, request, record)
+            exchange.upstream = await self._open_unless_gone(http, exchange.pool, request, exchange)
             if exchange.upstream.status >= 400:
                 raise await exchange.read_engine_error()
         except ClientDisconnectedError:
@@ -111,6 +115,8 @@ class ProxyService:
         upstream = exchange.upstream
         record.http_status = upstream.status
         streamed = request.stream and upstream.status == 200
+        if streamed:
+            exchange.splitter = SseSplitter()
         body = self._body(exchange, request, streamed)
         return RelayResponse(exchange, body, upstream.status, upstream.content_type, streamed)
 
@@ -131,16 +137,16 @@ class ProxyService:
         return PayloadTooLargeError(f"The request body exceeds the limit of {self._max_body_bytes} bytes.")
 
     async def _open_unless_gone(
-        self, http: Request, pool: EnginePool, request: InferenceRequest, record: UsageRecord
+        self, http: Request, pool: EnginePool, request: InferenceRequest, exchange: Exchange
     ) -> UpstreamResponse:
         """``_open``, cut short if the client disconnects meanwhile: a wait in a saturated pool's
         queue, a non-streamed answer or a stream's first byte can take minutes, and a client that
         gives up must not leave the engine generating for nobody."""
         async with DisconnectWatch(http.receive):
-            return await self._open(pool, request, record)
+            return await self._open(pool, request, exchange)
 
     async def _open(
-        self, pool: EnginePool, request: InferenceRequest, record: UsageRecord
+        self, pool: EnginePool, request: InferenceRequest, exchange: Exchange
     ) -> UpstreamResponse:
         """Send to the best engine. An engine that cannot be reached, that breaks off, or that
         answers 5xx before anything reached the client, is skipped for another; with none left,
@@ -150,6 +156,7 @@ class ProxyService:
         tried: list[Endpoint] = []
         failed: UpstreamResponse | None = None  # a 5xx kept in case no other engine answers
         timed_out = False
+        record = exchange.record
         while True:
             try:
                 endpoint = await pool.acquire(tenant, exclude=tried, key=key)
@@ -160,9 +167,11 @@ class ProxyService:
                     raise UpstreamTimeoutError("No engine accepted the connection in time.") from None
                 raise
             tried.append(endpoint)
+            record.endpoint = endpoint.url  # the engine at work, should the client leave meanwhile
             try:
-                upstream = await self._attempt(endpoint, request)
+                upstream = await self._attempt(endpoint, request, exchange)
             except EngineUnreachableError as exc:
+                record.endpoint = ""  # it never had the request
                 pool.release(endpoint, tenant)
                 self._health.mark(endpoint, False)
                 timed_out = timed_out or isinstance(exc, EngineConnectTimeoutError)
@@ -181,20 +190,28 @@ class ProxyService:
             self._health.failed(endpoint)
             failed = upstream
 
-    async def _attempt(self, endpoint: Endpoint, request: InferenceRequest) -> UpstreamResponse:
-        """One engine's answer; a stream's only once its first event is in (first-token timeout)."""
+    async def _attempt(
+        self, endpoint: Endpoint, request: InferenceRequest, exchange: Exchange
+    ) -> UpstreamResponse:
+        """One engine's answer; a stream's only once its first event is in (first-token timeout).
+        A client that leaves meanwhile leaves the stream ``pending`` on the exchange, whose tail
+        is then read and metered (the engine may have made its first tokens)."""
         upstream = await self._upstream.post(endpoint, request.api.path, request.body, request.request_id)
         if not (request.stream and upstream.status == 200):
             return upstream
+        exchange.pending = upstream
         try:
             await upstream.read_head(self._upstream.first_token_timeout_s)
         except UpstreamTimeoutError:
+            exchange.pending = None
             upstream.close()
             self._health.failed(endpoint)
             raise
         except UpstreamError as exc:
+            exchange.pending = None
             upstream.close()  # it died before its first byte: another engine can take it over
             raise EngineUnreachableError(exc.message) from None
+        exchange.pending = None
         return upstream
 
     def _settle_on(self, upstream: UpstreamResponse, record: UsageRecord) -> UpstreamResponse:
@@ -212,13 +229,12 @@ class ProxyService:
     ) -> AsyncIterator[bytes]:
         upstream = exchange.upstream
         assert upstream is not None
-        if streamed:
-            exchange.splitter = SseSplitter()
+        if exchange.splitter is not None:
             relay = relay_events(upstream.chunks(), exchange.tracker, UsageShaper(request), exchange.splitter)
         else:
             relay = relay_body(upstream.chunks(), exchange.tracker)
         tracker, request_id = exchange.tracker, exchange.record.request_id
-        next_progress = time.monotonic() + PROGRESS_EVERY_S
+        next_progress = time.monotonic()  # the first event's prompt tokens at once
         try:
             async for piece in relay:
                 if streamed and piece.endswith(_DONE):

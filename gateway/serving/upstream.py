@@ -143,6 +143,28 @@ class UpstreamResponse:
         except Exception:  # noqa: BLE001 - best effort: a waiting reader, a fired timeout, a broken body
             return head
 
+    async def drain(self, timeout_s: float) -> bytes:
+        """What the engine still sends once told the client is gone: the connection is half-closed
+        (our side's end of stream), which an engine served by uvicorn takes as a disconnect and
+        aborts the request, after writing what it had already produced. Read until the engine
+        closes or ``timeout_s`` passes; the caller then ``close``s. Every token the engine sent is
+        a token it counted, so a cut stream is billed what the engine made, not what we relayed.
+        """
+        pieces = [self.unread()]
+        transport = _transport_of(self._response)
+        if transport is None:
+            return pieces[0]
+        content = self._response.content
+        try:
+            transport.write_eof()
+            async with asyncio.timeout(timeout_s):
+                while piece := await content.readany():
+                    pieces.append(piece)
+        except (TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
+            # An engine that closes mid-body fails the reader, which may still hold bytes.
+            pieces.extend(getattr(content, "_buffer", ()))
+        return b"".join(pieces)
+
     def close(self) -> None:
         """Drop the connection: an engine sees the disconnect and aborts the generation."""
         self._response.close()
@@ -150,6 +172,15 @@ class UpstreamResponse:
     def release(self) -> None:
         """Hand a fully read connection back to the pool for reuse."""
         self._response.release()
+
+
+def _transport_of(response: TransportResponse) -> asyncio.WriteTransport | None:
+    """The TCP transport under an aiohttp response, if it can be half-closed."""
+    connection = getattr(response, "connection", None)
+    transport = getattr(connection, "transport", None)
+    if isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof():
+        return transport
+    return None
 
 
 class UpstreamClient:

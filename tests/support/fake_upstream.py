@@ -87,6 +87,14 @@ class FakeBody:
         else:
             self._source = aiter(body)
         self.dropped = False
+        self.half_closed = False  # the gateway ended its side (``write_eof``): the client left
+
+    def half_close(self) -> None:
+        """Like an engine told the client is gone: what was scripted after the first stall
+        (tokens it had made meanwhile) arrives, and at the next stall it closes the connection."""
+        self.half_closed = True
+        if self._steps and isinstance(self._steps[0], _Stall):
+            self._steps.popleft()
 
     async def readany(self) -> bytes:
         if self.dropped:
@@ -97,6 +105,8 @@ class FakeBody:
         while self._steps:
             step = self._steps.popleft()
             if isinstance(step, _Stall):
+                if self.half_closed:
+                    raise cut()
                 self._steps.appendleft(step)  # it stays stalled for the next reader too
                 await forever()
             if isinstance(step, BaseException):
@@ -118,6 +128,25 @@ class FakeBody:
         return b"".join(arrived)
 
 
+class _HalfClosable(asyncio.WriteTransport):
+    """The part of a TCP transport the gateway uses on a cut stream: ``write_eof``."""
+
+    def __init__(self, body: FakeBody) -> None:
+        super().__init__()
+        self._body = body
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self._body.half_close()
+
+
+@dataclass
+class _Connection:
+    transport: _HalfClosable
+
+
 class FakeResponse:
     """One answer as the gateway sees it; records how the gateway let go of it."""
 
@@ -126,6 +155,7 @@ class FakeResponse:
         self.status = reply.status
         self.headers = CIMultiDictProxy(CIMultiDict({"Content-Type": reply.content_type}))
         self.content = FakeBody(reply.body)
+        self.connection = _Connection(_HalfClosable(self.content))
         self.closed = False  # the connection was dropped
         self.released = False  # the connection went back to the pool
 

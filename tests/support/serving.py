@@ -38,6 +38,7 @@ from gateway.routing.policies import RoundRobin
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
 from gateway.serving.proxy import ProxyService
+from gateway.serving.tails import TailReader
 from gateway.serving.upstream import UpstreamClient
 from gateway.store.sqlite import SqliteStore
 from tests.support.fake_upstream import FakeUpstream, Handler
@@ -113,6 +114,7 @@ class ServingStack:
     ledger: LedgerWriter
     store: SqliteStore
     metrics: GatewayMetrics
+    tails: TailReader
 
     async def post(
         self, payload: dict[str, Any] | bytes, api: Api = Api.chat, leave_after: int | None = None
@@ -129,6 +131,7 @@ class ServingStack:
         except GatewayError as exc:
             response = error_response(exc)
         await response(scope, client.receive, client.send)
+        await self.tails.wait()  # a cut stream is closed and metered once its tail is read
         start = next(m for m in client.messages if m["type"] == "http.response.start")
         response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
         return Answer(start["status"], response_headers, client.pieces)
@@ -185,10 +188,14 @@ async def serving_stack(tmp_path: Path, handler: Handler) -> AsyncIterator[Servi
     client = UpstreamClient(upstream, first_token_timeout_s=5.0)
     async with aiohttp.ClientSession() as session:  # the health checker's (never used here)
         health = HealthChecker(router, session, metrics, interval_s=60.0, timeout_s=1.0)
-        proxy = ProxyService(router, client, health, admission, meter, metrics, max_body_bytes=64 * 1024)
+        tails = TailReader(timeout_s=1.0)
+        proxy = ProxyService(
+            router, client, health, admission, meter, metrics, max_body_bytes=64 * 1024, tails=tails
+        )
         try:
-            yield ServingStack(proxy, upstream, client, pool, admission, ledger, store, metrics)
+            yield ServingStack(proxy, upstream, client, pool, admission, ledger, store, metrics, tails)
         finally:
+            await tails.wait()
             await admission.close()
             await store.close()
             journal.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import orjson
 
-from gateway.records import Outcome
+from gateway.records import Api, Outcome
 from tests.support.fake_upstream import (
     DONE,
     EVENT_STREAM,
@@ -138,12 +138,45 @@ async def test_client_leaving_while_the_engine_is_silent_is_a_499(stack: Serving
     assert (answer.status, answer.body) == (499, b"")
     assert stack.upstream.responses == []  # no headers ever came
     [row] = await stack.rows()
+    # The row names the engine that had the request: reconciliation gives it what that engine
+    # counted for it (the gateway never heard).
     assert (row.outcome, row.http_status, row.endpoint, row.completion_tokens) == (
         Outcome.aborted,
         499,
-        "",
+        stack.upstream.requests[0].url.removesuffix(Api.chat.path),
         0,
     )
+    assert [e.inflight for e in stack.pool.endpoints] == [0, 0]
+
+
+async def test_a_cut_stream_is_billed_the_tokens_the_engine_sent_after_the_client_left(
+    stack: ServingStack,
+) -> None:
+    """The client leaves after one event; told so (half-closed), the engine sends the tokens it had
+    made meanwhile and closes: the engine counted them, so the ledger does too."""
+    made_meanwhile = [chunk("b", 5, 2), chunk("c", 5, 3)]
+    stack.upstream.handler = in_order(stream_reply(chunk("a", 5, 1), STALL, *made_meanwhile, STALL))
+    answer = await stack.post(STREAM, leave_after=1)
+    assert answer.pieces == [chunk("a", 5, 1)]
+    [response] = stack.upstream.responses
+    assert response.content.half_closed and response.closed
+    [row] = await stack.rows()
+    assert (row.outcome, row.prompt_tokens, row.completion_tokens) == (Outcome.aborted, 5, 3)
+    assert [e.inflight for e in stack.pool.endpoints] == [0, 0]
+
+
+async def test_a_client_leaving_before_the_first_event_cuts_the_engine_and_bills_what_it_made(
+    stack: ServingStack,
+) -> None:
+    """The stream's headers came but no token yet (queued or in prefill) when the client left: the
+    engine is told at once, and its first tokens, made meanwhile, are billed."""
+    stack.upstream.handler = in_order(stream_reply(STALL, chunk("a", 7, 1), chunk("b", 7, 2), STALL))
+    answer = await stack.post(STREAM, leave_after=0)
+    assert answer.status == 499
+    [response] = stack.upstream.responses
+    assert response.content.half_closed and response.closed
+    [row] = await stack.rows()
+    assert (row.outcome, row.prompt_tokens, row.completion_tokens) == (Outcome.aborted, 7, 2)
     assert [e.inflight for e in stack.pool.endpoints] == [0, 0]
 
 
@@ -275,6 +308,7 @@ async def test_no_first_token_in_time_is_a_504_and_the_engine_is_cut_off(stack: 
     assert await stack.rows() == [
         expected_row(
             answer.headers["x-request-id"],
+            endpoint=FIRST,  # it had the request (reconciliation may find tokens it made)
             outcome=Outcome.error,
             http_status=504,
             error_code="upstream_timeout",
