@@ -212,8 +212,13 @@ def _usage_webhook(state: GatewayState) -> WebhookOutbox | None:
     if not settings.usage_webhook_url or settings.usage_webhook_secret is None:
         return None
     secret = settings.usage_webhook_secret.get_secret_value().encode()
+    authorization = settings.usage_webhook_authorization
     sender = WebhookSender(
-        state.session, settings.usage_webhook_url, secret, settings.usage_webhook_timeout_s
+        state.session,
+        settings.usage_webhook_url,
+        secret,
+        settings.usage_webhook_timeout_s,
+        authorization=authorization.get_secret_value() if authorization is not None else None,
     )
     feed = UsageEventFeed(state.store.events, settings.usage_events_source, state.prices.currency)
     return WebhookOutbox(

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     usage_events_source: str = Field(default="model-gateway", min_length=1)
     usage_webhook_url: str | None = None
     usage_webhook_secret: SecretStr | None = None
+    # Sent as the ``Authorization`` header when set (``Bearer om_…``: OpenMeter's ingest API takes
+    # the batches as they are).
+    usage_webhook_authorization: SecretStr | None = None
     usage_webhook_name: str = Field(default="webhook", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     usage_webhook_batch_size: int = Field(default=100, ge=1, le=1000)
     # Idle poll interval once caught up; failed batches back off from 1 s doubling to the cap.

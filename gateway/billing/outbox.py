@@ -73,6 +73,7 @@ class WebhookOutbox:
         """Deliver the next batch if this process holds the outbox; returns how long to wait."""
         async with self._log.claim(self.name) as claim:
             if claim is None:
+                await self._observe_lag_elsewhere()
                 return self._interval_s
             batch = await self._feed.read(claim.seq, self._batch_size)
             self._observe_lag(batch)
@@ -90,6 +91,11 @@ class WebhookOutbox:
             return 0.0
         self._metrics.usage_events_lag.set(0)
         return self._interval_s
+
+    async def _observe_lag_elsewhere(self) -> None:
+        """While another replica pushes, the lag is still this replica's to report (a gauge left
+        at its last value would go stale): the age of the first event after the stored cursor."""
+        self._observe_lag(await self._feed.read(await self._log.cursor(self.name), 1))
 
     def _observe_lag(self, batch: EventBatch) -> None:
         if batch.oldest_ended_at is None:

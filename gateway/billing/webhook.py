@@ -87,8 +87,10 @@ class WebhookSender:
         secret: bytes,
         timeout_s: float,
         clock: Clock = wall,
+        authorization: str | None = None,
     ) -> None:
         self._session = session
+        self._authorization = authorization
         self._url = url
         self._secret = secret
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -96,12 +98,15 @@ class WebhookSender:
 
     def headers(self, events: Sequence[UsageEvent], body: bytes) -> dict[str, str]:
         timestamp = int(self._clock())
-        return {
+        headers = {
             "Content-Type": CONTENT_TYPE,
             "webhook-id": batch_id(events),
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature_header(self._secret, timestamp, body),
         }
+        if self._authorization:
+            headers["Authorization"] = self._authorization
+        return headers
 
     async def send(self, events: Sequence[UsageEvent]) -> None:
         body = batch_body(events)

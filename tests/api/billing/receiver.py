@@ -26,10 +26,12 @@ class FlakyReceiver:
     bad_requests: list[str] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)  # event ids, in the order they were acked
     resent_after_ack: list[str] = field(default_factory=list)  # must stay empty
+    authorizations: set[str | None] = field(default_factory=set)
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.attempts += 1
+        self.authorizations.add(request.headers.get("Authorization"))
         ids = [event["id"] for event in json.loads(body)]
         self._check(request, body, ids)
         self.resent_after_ack += [i for i in ids if i in set(self.acknowledged)]

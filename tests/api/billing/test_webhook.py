@@ -136,6 +136,7 @@ async def test_the_app_pushes_its_requests_usage_when_a_webhook_is_set(
             data_dir=tmp_path,
             usage_webhook_url=receiver.url,
             usage_webhook_secret=SECRET.decode(),
+            usage_webhook_authorization="Bearer om_test",
             usage_webhook_batch_size=2,
             usage_webhook_interval_s=0.01,
             usage_webhook_max_backoff_s=0.02,
@@ -161,4 +162,5 @@ async def test_the_app_pushes_its_requests_usage_when_a_webhook_is_set(
             written = [r.request_id for r in await state.store.list_usage()]
     assert_delivered_once(receiver, written)
     assert sample(metrics, "gateway_usage_events_sent_total") == 9
+    assert receiver.authorizations == {"Bearer om_test"}
     assert sample(metrics, "gateway_background_task_restarts_total", task="usage-webhook") == 0

@@ -83,10 +83,13 @@ async def test_a_failed_batch_is_retried_with_backoff_and_the_cursor_waits() -> 
 async def test_a_round_sits_out_while_another_holds_the_outbox() -> None:
     log = MemoryEventLog([record("r0")])
     receiver = ScriptedReceiver()
-    box = outbox(log, receiver, GatewayMetrics())
+    metrics = GatewayMetrics()
+    box = outbox(log, receiver, metrics)
     async with log.claim("webhook"):
         assert await box.push_once() == 1.0
     assert receiver.attempts == []
+    # It still reports the lag: r0 (ended at T0 + 1.25) is not acknowledged at T0 + 100.
+    assert sample(metrics.render().decode(), "gateway_usage_events_lag_seconds") == 98.75
     await box.push_once()
     assert receiver.acknowledged == ["r0"]
 
