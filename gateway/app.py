@@ -17,6 +17,9 @@ from gateway.admission.service import Admission
 from gateway.admission.tokens import build_counters
 from gateway.api import admin, openai, ops, usage
 from gateway.api.errors import install_error_handlers
+from gateway.billing.events import UsageEventFeed
+from gateway.billing.outbox import RetryBackoff, WebhookOutbox
+from gateway.billing.webhook import WebhookSender
 from gateway.clock import Clock, monotonic
 from gateway.config.limits import load_default_limits
 from gateway.config.pools import DeploymentSpec, load_spec
@@ -190,6 +193,9 @@ async def _start(stack: contextlib.AsyncExitStack, state: GatewayState) -> None:
     supervisor.add(
         "budgets", functools.partial(state.admission.publish_budgets, state.store), settings.budget_refresh_s
     )
+    outbox = _usage_webhook(state)
+    if outbox is not None:
+        supervisor.add("usage-webhook", outbox.push_round, 0.0)  # paces itself
     await stack.enter_async_context(supervisor)  # stopped first, before what its tasks use closes
 
 
@@ -203,6 +209,33 @@ async def _seed_budgets(state: GatewayState) -> None:
         return
     if seeded:
         logger.info("seeded this month's budget counters of %d tenants/keys from the ledger", seeded)
+
+
+def _usage_webhook(state: GatewayState) -> WebhookOutbox | None:
+    """The outbox pushing usage events to ``GATEWAY_USAGE_WEBHOOK_URL``, when one is set."""
+    settings = state.settings
+    if not settings.usage_webhook_url or settings.usage_webhook_secret is None:
+        return None
+    secret = settings.usage_webhook_secret.get_secret_value().encode()
+    authorization = settings.usage_webhook_authorization
+    sender = WebhookSender(
+        state.session,
+        settings.usage_webhook_url,
+        secret,
+        settings.usage_webhook_timeout_s,
+        authorization=authorization.get_secret_value() if authorization is not None else None,
+    )
+    feed = UsageEventFeed(state.store.events, settings.usage_events_source, state.prices.currency)
+    return WebhookOutbox(
+        state.store.events,
+        feed,
+        sender,
+        state.metrics,
+        name=settings.usage_webhook_name,
+        batch_size=settings.usage_webhook_batch_size,
+        interval_s=settings.usage_webhook_interval_s,
+        backoff=RetryBackoff(max_s=settings.usage_webhook_max_backoff_s),
+    )
 
 
 def _limiter(settings: Settings, metrics: GatewayMetrics) -> Limiter:

@@ -22,6 +22,7 @@ class GatewayMetrics:
         self._add_engines_metrics()
         self._add_limits_metrics()
         self._add_queues_metrics()
+        self._add_usage_events_metrics()
 
     def _add_requests_metrics(self) -> None:
         """Traffic, tokens and latency per tenant and model."""
@@ -114,9 +115,25 @@ class GatewayMetrics:
         self.background_task_restarts = Counter(
             "gateway_background_task_restarts",
             "Background tasks that crashed and were restarted by the supervisor, by task "
-            "(ledger, health, engine-stats, discovery, drains, budgets).",
+            "(ledger, health, engine-stats, discovery, drains, budgets, usage-webhook).",
             ["task"],
             registry=self.registry,
+        )
+
+    def _add_usage_events_metrics(self) -> None:
+        """The usage webhook outbox (on the replica that pushes)."""
+        self.usage_events_sent = self._counter(
+            "gateway_usage_events_sent", "Usage events the billing webhook acknowledged (2xx)."
+        )
+        self.usage_webhook_failures = self._counter(
+            "gateway_usage_webhook_failures",
+            "Usage event batches the billing webhook did not acknowledge, by reason "
+            "(status: a non-2xx answer, connection, timeout).",
+            "reason",
+        )
+        self.usage_events_lag = self._gauge(
+            "gateway_usage_events_lag_seconds",
+            "Age of the oldest usage event the billing webhook has not acknowledged (0: caught up).",
         )
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.config.loader import ConfigError, describe
 
 MIN_ADMIN_TOKEN_CHARS = 32
+MIN_WEBHOOK_SECRET_CHARS = 16
 _PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "example", "yourtoken", "xxxxxxxx")
 ENV_PREFIX = "GATEWAY_"
 
@@ -92,6 +93,23 @@ class Settings(BaseSettings):
     # within this bound (gateway/routing/drains.py).
     drain_sync_interval_s: float = Field(default=2.0, gt=0)
 
+    # Usage events (README, "Usage events"): the CloudEvents ``source`` of every event, and an
+    # optional webhook the outbox pushes them to in signed batches (``usage_webhook_secret`` keys
+    # the HMAC-SHA256 signature). ``usage_webhook_name`` names the outbox's cursor: a new name
+    # starts from the beginning of the ledger.
+    usage_events_source: str = Field(default="model-gateway", min_length=1)
+    usage_webhook_url: str | None = None
+    usage_webhook_secret: SecretStr | None = None
+    # Sent as the ``Authorization`` header when set (``Bearer om_…``: OpenMeter's ingest API takes
+    # the batches as they are).
+    usage_webhook_authorization: SecretStr | None = None
+    usage_webhook_name: str = Field(default="webhook", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    usage_webhook_batch_size: int = Field(default=100, ge=1, le=1000)
+    # Idle poll interval once caught up; failed batches back off from 1 s doubling to the cap.
+    usage_webhook_interval_s: float = Field(default=1.0, gt=0)
+    usage_webhook_timeout_s: float = Field(default=10.0, gt=0)
+    usage_webhook_max_backoff_s: float = Field(default=60.0, gt=0)
+
     def journal_path(self) -> Path:
         return self.journal_dir or self.data_dir / "journal" / f"port-{self.port}"
 
@@ -118,6 +136,7 @@ class Settings(BaseSettings):
                     "GATEWAY_REPLICATED needs GATEWAY_REDIS_URL=redis://…: without it each replica "
                     "would enforce every limit on its own (N replicas, N times the limit)"
                 )
+        self._check_usage_webhook()
         if self.environment == "development":
             return
         problem = admin_token_problem(self.admin_token)
@@ -126,6 +145,20 @@ class Settings(BaseSettings):
                 f"GATEWAY_ADMIN_TOKEN {problem}; {self.environment} needs a random token of at least "
                 f"{MIN_ADMIN_TOKEN_CHARS} characters, e.g. from "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+
+    def _check_usage_webhook(self) -> None:
+        if not self.usage_webhook_url:
+            return
+        if not self.usage_webhook_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"GATEWAY_USAGE_WEBHOOK_URL must be an http(s) URL (got {self.usage_webhook_url!r})"
+            )
+        secret = self.usage_webhook_secret.get_secret_value() if self.usage_webhook_secret else ""
+        if len(secret) < MIN_WEBHOOK_SECRET_CHARS:
+            raise ConfigError(
+                "GATEWAY_USAGE_WEBHOOK_URL needs GATEWAY_USAGE_WEBHOOK_SECRET, a shared secret of at least "
+                f"{MIN_WEBHOOK_SECRET_CHARS} characters that the receiver checks the signatures with"
             )
 
 

@@ -55,6 +55,6 @@ def parse_timestamp(value: str, param: str = "expires_at") -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def format_timestamp(ts: float) -> str:
-    """Epoch seconds → ``2027-01-31T00:00:00Z``."""
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def format_timestamp(ts: float, timespec: str = "seconds") -> str:
+    """Epoch seconds → ``2027-01-31T00:00:00Z`` (``timespec="milliseconds"``: ``…T00:00:00.250Z``)."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec=timespec).replace("+00:00", "Z")

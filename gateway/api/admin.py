@@ -8,12 +8,14 @@ the secret of a key just created or rotated.
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse
 
-from gateway.api.deps import ReporterDep, StateDep, TenancyDep, admin_caller
+from gateway.api.deps import EventFeedDep, ReporterDep, StateDep, TenancyDep, admin_caller
 from gateway.api.usage import PeriodDep, ReportFormat, report_reply
+from gateway.billing.events import MAX_LIMIT, UsageEventPage, parse_cursor
 from gateway.errors import InvalidRequestError, ResourceNotFoundError
 from gateway.limit_spec import LimitSpec
 from gateway.protocol import (
@@ -193,6 +195,20 @@ async def usage(
 @router.get("/usage/chart", response_class=HTMLResponse)
 async def usage_chart(reporter: ReporterDep, period: PeriodDep, tenant: str | None = None) -> HTMLResponse:
     return HTMLResponse(render_usage_chart(await reporter.daily_by_model(tenant, period)))
+
+
+@router.get("/usage/events")
+async def usage_events(
+    feed: EventFeedDep,
+    tenancy: TenancyDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    tenant: str | None = None,
+) -> UsageEventPage:
+    """Usage events (CloudEvents) in ledger write order after the cursor ``after`` (none: from the
+    start), for billing pipelines; one tenant's when ``tenant`` names it."""
+    tenant_id = (await tenancy.get_tenant(tenant)).id if tenant is not None else None
+    return (await feed.read(parse_cursor(after), limit, tenant_id)).page()
 
 
 def engine_object(endpoint: Endpoint, now: float) -> EngineObject:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.billing.events import UsageEventFeed
 from gateway.errors import AuthenticationError
 from gateway.records import ApiKey
 from gateway.reporting.reports import UsageReporter
@@ -55,5 +56,10 @@ async def usage_reporter(state: StateDep) -> UsageReporter:
     return UsageReporter(state.store, state.prices.currency)
 
 
+async def usage_event_feed(state: StateDep) -> UsageEventFeed:
+    return UsageEventFeed(state.store.events, state.settings.usage_events_source, state.prices.currency)
+
+
 TenancyDep = Annotated[TenancyService, Depends(tenancy_service)]
 ReporterDep = Annotated[UsageReporter, Depends(usage_reporter)]
+EventFeedDep = Annotated[UsageEventFeed, Depends(usage_event_feed)]

@@ -7,6 +7,7 @@ from typing import Literal, Protocol
 
 from gateway.limit_spec import LimitSpec
 from gateway.records import ApiKey, Tenant, TenantStatus, UsageGroup, UsageRecord
+from gateway.store.events import UsageEventLog
 
 GroupBy = Literal["day", "model", "key"]
 
@@ -41,6 +42,11 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    @property
+    def events(self) -> UsageEventLog:
+        """The ledger in write order and the outboxes' cursors (usage events for billing)."""
+        ...
 
     # Tenants
     async def create_tenant(self, name: str) -> Tenant:

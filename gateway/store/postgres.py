@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.limit_spec import LimitSpec
 from gateway.records import ApiKey, Tenant, TenantStatus, UsageGroup, UsageRecord
 from gateway.store.base import UNSET, ConflictError, GroupBy, NotFoundError, StoreError, _Unset
+from gateway.store.postgres_events import PostgresEventLog
 from gateway.store.postgres_schema import Connection, migrate
 from gateway.store.rows import (
     KEY_COLUMNS,
@@ -141,6 +142,7 @@ class PostgresStore:
         self._pool_size = pool_size
         self._timeout_s = timeout_s  # to connect, and to wait for a free pooled connection
         self._pool: AsyncConnectionPool[Connection] | None = None
+        self.events = PostgresEventLog(self._connection)
 
     @classmethod
     def from_url(cls, database_url: str) -> PostgresStore:

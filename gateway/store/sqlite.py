@@ -30,6 +30,7 @@ from gateway.store.rows import (
     usage_filter,
     usage_from_row,
 )
+from gateway.store.sqlite_events import SqliteEventLog
 from gateway.store.sqlite_schema import migrate
 
 T = TypeVar("T")
@@ -105,6 +106,7 @@ class SqliteStore:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self.events = SqliteEventLog(self._run)
 
     @classmethod
     def from_url(cls, database_url: str) -> SqliteStore:

@@ -90,6 +90,7 @@ async def test_a_tenant_key_gets_403_on_every_admin_route(gateway: Gateway) -> N
         ("POST", f"/admin/keys/{key.id}/rotate"),
         ("GET", "/admin/usage?tenant=tenant-b&from=2026-01-01&to=2026-12-31"),
         ("GET", "/admin/usage/chart?tenant=tenant-b&from=2026-01-01&to=2026-12-31"),
+        ("GET", "/admin/usage/events?tenant=tenant-b"),
         ("DELETE", "/admin/tenants/tenant-b"),
         ("PUT", "/admin/tenants/tenant-b/limits"),
         ("DELETE", "/admin/tenants/tenant-b/limits"),

@@ -74,3 +74,23 @@ def test_replicated_starts_on_postgres_and_redis(monkeypatch: pytest.MonkeyPatch
     settings = Settings(database_url="postgres://u@db:5432/gw", redis_url="redis://cache:6379/0")
     assert settings.replicated
     settings.check_startup()
+
+
+@pytest.mark.parametrize(
+    ("url", "secret", "message"),
+    [
+        ("http://billing.internal/usage", None, "GATEWAY_USAGE_WEBHOOK_SECRET"),
+        ("http://billing.internal/usage", "short", "GATEWAY_USAGE_WEBHOOK_SECRET"),
+        ("billing.internal/usage", "s" * 32, "GATEWAY_USAGE_WEBHOOK_URL must be an http"),
+    ],
+)
+def test_a_usage_webhook_needs_an_http_url_and_a_secret(url: str, secret: str | None, message: str) -> None:
+    settings = Settings(usage_webhook_url=url, usage_webhook_secret=secret)
+    with pytest.raises(ConfigError, match=message):
+        settings.check_startup()
+
+
+def test_a_usage_webhook_with_its_secret_is_accepted() -> None:
+    settings = Settings(usage_webhook_url="https://billing.internal/usage", usage_webhook_secret="s" * 32)
+    settings.check_startup()
+    assert settings.usage_webhook_batch_size == 100 and settings.usage_webhook_name == "webhook"
