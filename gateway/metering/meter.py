@@ -117,7 +117,9 @@ class Meter:
         """Cost at the price in force when the request started (never a later one)."""
         price = self._prices.price_at(record.model, record.started_at)
         if price is not None:
-            record.cost_pico = price.cost_pico(record.prompt_tokens, record.completion_tokens)
+            record.cost_pico = price.cost_pico(
+                record.prompt_tokens, record.completion_tokens, record.cached_tokens
+            )
             record.price_version = price.version
 
     def finish(self, record: UsageRecord, tenant_name: str, duration_s: float) -> None:
