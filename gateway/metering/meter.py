@@ -133,6 +133,7 @@ class Meter:
             record.completion_tokens,
             duration_s,
             record.ttft_s,
+            record.cached_tokens,
         )
         self.record(record)
 
