@@ -4,7 +4,8 @@ Each replica of a launched pool is one vLLM OpenAI server (``python -m
 vllm.entrypoints.openai.api_server``; the ``vllm`` console script trips over the CPU wheel's
 package metadata) or, for ``engine: sim``, one ``python -m engines.sim``. Every engine runs in its
 own session so that stopping it also stops the engine-core and worker processes vLLM forks.
-Engines bind loopback only; the gateway is the one public door.
+Engines bind loopback only; the gateway is the one public door. Every engine reports cached prompt
+tokens (``--enable-prompt-tokens-details``), which the gateway bills at the cached-input price.
 """
 
 from __future__ import annotations
@@ -92,6 +93,16 @@ class EngineCommand:
     url: str
 
 
+# Usage then carries ``prompt_tokens_details.cached_tokens``: the prompt tokens served from the
+# prefix cache, which the ledger records and the price table bills at the cached-input price.
+PROMPT_TOKENS_DETAILS = "--enable-prompt-tokens-details"
+
+
+def _with_prompt_tokens_details(args: list[str]) -> list[str]:
+    """``args`` with cached-token reporting on, added once (a pool may already list it)."""
+    return args if PROMPT_TOKENS_DETAILS in args else [*args, PROMPT_TOKENS_DETAILS]
+
+
 def vllm_argv(pool: PoolSpec, model: str, port: int, python: str = sys.executable) -> list[str]:
     argv = [
         python,
@@ -108,12 +119,12 @@ def vllm_argv(pool: PoolSpec, model: str, port: int, python: str = sys.executabl
     ]
     if pool.kind == "embed" and "--runner" not in pool.vllm_args:
         argv += ["--runner", "pooling"]
-    return argv + pool.vllm_args
+    return argv + _with_prompt_tokens_details(pool.vllm_args)
 
 
 def sim_argv(pool: PoolSpec, port: int, python: str = sys.executable) -> list[str]:
     argv = [python, "-m", "engines.sim", "--host", pool.host, "--port", str(port)]
-    return argv + ["--model", pool.served_name, *pool.vllm_args]
+    return argv + ["--model", pool.served_name, *_with_prompt_tokens_details(pool.vllm_args)]
 
 
 def engine_env(pool: PoolSpec, replica: int, cpu_bind: str | None = None) -> dict[str, str]:

@@ -35,7 +35,8 @@ class GatewayMetrics:
         )
         self.tokens = self._counter(
             "gateway_tokens",
-            "Tokens metered, by tenant, model and kind (prompt or completion).",
+            "Tokens metered, by tenant, model and kind: prompt, completion, or cached_prompt "
+            "(the prompt tokens served from the engine's prefix cache, also counted in prompt).",
             "tenant",
             "model",
             "kind",
@@ -154,10 +155,14 @@ class GatewayMetrics:
         completion_tokens: int,
         duration_s: float,
         ttft_s: float | None,
+        cached_tokens: int = 0,
     ) -> None:
+        """One finished request; ``cached_tokens`` are those of ``prompt_tokens`` served from cache."""
         self.requests.labels(tenant, model, str(status)).inc()
         if prompt_tokens:
             self.tokens.labels(tenant, model, "prompt").inc(prompt_tokens)
+        if cached_tokens:
+            self.tokens.labels(tenant, model, "cached_prompt").inc(cached_tokens)
         if completion_tokens:
             self.tokens.labels(tenant, model, "completion").inc(completion_tokens)
         self.request_duration.labels(tenant, model).observe(duration_s)

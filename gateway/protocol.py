@@ -197,6 +197,7 @@ class UsageLine(BaseModel):
     group: str  # a UTC day (YYYY-MM-DD), a model or a key id; "total" in the totals line
     requests: int
     prompt_tokens: int
+    cached_tokens: int  # of prompt_tokens, served from the engines' prefix caches (priced apart)
     completion_tokens: int
     total_tokens: int
     cost: str  # exact, fixed decimals

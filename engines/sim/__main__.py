@@ -34,6 +34,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embedding-dim", type=int, default=384)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--block-size", type=int, default=16, help="prefix cache block, in tokens")
+    parser.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="report prompt_tokens_details.cached_tokens in usage",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
@@ -52,6 +58,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         embedding_dim=args.embedding_dim,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
+        prefix_block_size=args.block_size,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
         seed=args.seed,
     )
 

@@ -18,13 +18,25 @@ import orjson
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """``UsageInfo`` in vLLM's field order."""
-    return {
+Usage = dict[str, Any]
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
+    """``UsageInfo`` in vLLM's field order; ``prompt_tokens_details`` only when ``cached_tokens``
+    is given (vLLM's ``--enable-prompt-tokens-details``; running usage never carries it)."""
+    info: Usage = {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
     }
+    if cached_tokens is not None:
+        info["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return info
+
+
+def _body_usage(usage_total: Usage) -> Usage:
+    """A whole body's usage: vLLM dumps every field, so details are ``null`` when off."""
+    return {**usage_total, "prompt_tokens_details": usage_total.get("prompt_tokens_details")}
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -35,13 +47,13 @@ def sse(payload: dict[str, Any]) -> bytes:
 class StreamFormat(Protocol):
     """How one endpoint frames its stream; the engine drives it token by token."""
 
-    def opening(self, usage_now: dict[str, int] | None) -> bytes | None:
+    def opening(self, usage_now: Usage | None) -> bytes | None:
         """The event sent once the prompt is processed, if the endpoint has one."""
 
-    def token(self, text: str, finish_reason: str | None, usage_now: dict[str, int] | None) -> bytes:
+    def token(self, text: str, finish_reason: str | None, usage_now: Usage | None) -> bytes:
         """The event carrying one generated token (the last one also carries the finish reason)."""
 
-    def final_usage(self, usage_total: dict[str, int]) -> bytes:
+    def final_usage(self, usage_total: Usage) -> bytes:
         """The trailing ``"choices": []`` event sent when ``include_usage`` is on."""
 
 
@@ -56,22 +68,22 @@ class ChatStream:
             "model": model,
         }
 
-    def opening(self, usage_now: dict[str, int] | None) -> bytes | None:
+    def opening(self, usage_now: Usage | None) -> bytes | None:
         delta = {"role": "assistant", "content": ""}
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
         return self._event(choice, usage_now)
 
-    def token(self, text: str, finish_reason: str | None, usage_now: dict[str, int] | None) -> bytes:
+    def token(self, text: str, finish_reason: str | None, usage_now: Usage | None) -> bytes:
         choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "logprobs": None}
         choice["finish_reason"] = finish_reason
         if finish_reason is not None:
             choice["stop_reason"] = None
         return self._event(choice, usage_now)
 
-    def final_usage(self, usage_total: dict[str, int]) -> bytes:
+    def final_usage(self, usage_total: Usage) -> bytes:
         return sse({**self._head, "choices": [], "usage": usage_total})
 
-    def _event(self, choice: dict[str, Any], usage_now: dict[str, int] | None) -> bytes:
+    def _event(self, choice: dict[str, Any], usage_now: Usage | None) -> bytes:
         payload = {**self._head, "choices": [choice]}
         if usage_now is not None:
             payload["usage"] = usage_now
@@ -89,10 +101,10 @@ class CompletionStream:
             "model": model,
         }
 
-    def opening(self, usage_now: dict[str, int] | None) -> bytes | None:
+    def opening(self, usage_now: Usage | None) -> bytes | None:
         return None
 
-    def token(self, text: str, finish_reason: str | None, usage_now: dict[str, int] | None) -> bytes:
+    def token(self, text: str, finish_reason: str | None, usage_now: Usage | None) -> bytes:
         choice = {
             "index": 0,
             "text": text,
@@ -105,11 +117,11 @@ class CompletionStream:
             payload["usage"] = usage_now
         return sse(payload)
 
-    def final_usage(self, usage_total: dict[str, int]) -> bytes:
+    def final_usage(self, usage_total: Usage) -> bytes:
         return sse({**self._head, "choices": [], "usage": usage_total})
 
 
-def chat_response(model: str, text: str, finish_reason: str, usage_total: dict[str, int]) -> bytes:
+def chat_response(model: str, text: str, finish_reason: str, usage_total: Usage) -> bytes:
     """A non-streaming ``chat.completion`` body."""
     message = {
         "role": "assistant",
@@ -130,14 +142,14 @@ def chat_response(model: str, text: str, finish_reason: str, usage_total: dict[s
         "choices": [choice],
         "service_tier": None,
         "system_fingerprint": None,
-        "usage": {**usage_total, "prompt_tokens_details": None},
+        "usage": _body_usage(usage_total),
         "prompt_logprobs": None,
         "kv_transfer_params": None,
     }
     return orjson.dumps(body)
 
 
-def completion_response(model: str, text: str, finish_reason: str, usage_total: dict[str, int]) -> bytes:
+def completion_response(model: str, text: str, finish_reason: str, usage_total: Usage) -> bytes:
     """A non-streaming ``text_completion`` body."""
     choice = {
         "index": 0,
@@ -155,7 +167,7 @@ def completion_response(model: str, text: str, finish_reason: str, usage_total: 
         "choices": [choice],
         "service_tier": None,
         "system_fingerprint": None,
-        "usage": {**usage_total, "prompt_tokens_details": None},
+        "usage": _body_usage(usage_total),
         "kv_transfer_params": None,
     }
     return orjson.dumps(body)

@@ -117,7 +117,9 @@ class Meter:
         """Cost at the price in force when the request started (never a later one)."""
         price = self._prices.price_at(record.model, record.started_at)
         if price is not None:
-            record.cost_pico = price.cost_pico(record.prompt_tokens, record.completion_tokens)
+            record.cost_pico = price.cost_pico(
+                record.prompt_tokens, record.completion_tokens, record.cached_tokens
+            )
             record.price_version = price.version
 
     def finish(self, record: UsageRecord, tenant_name: str, duration_s: float) -> None:
@@ -131,6 +133,7 @@ class Meter:
             record.completion_tokens,
             duration_s,
             record.ttft_s,
+            record.cached_tokens,
         )
         self.record(record)
 

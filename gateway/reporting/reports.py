@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 from gateway.errors import InvalidRequestError
@@ -25,7 +25,10 @@ from gateway.utc import day_of, midnight
 
 COST_DECIMALS = 12
 TOTAL = "total"
-_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+_TABLE_COLUMNS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cost")
+# A CSV is read by position too: columns added later go after the ones readers already know.
+_CSV_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+_CSV_ADDED = ("cached_tokens",)
 
 
 def _day(value: str, param: str) -> date:
@@ -82,6 +85,7 @@ class UsageReport:
             prompt_tokens=sum(g.prompt_tokens for g in self.lines),
             completion_tokens=sum(g.completion_tokens for g in self.lines),
             cost_pico=sum(g.cost_pico for g in self.lines),
+            cached_tokens=sum(g.cached_tokens for g in self.lines),
         )
 
 
@@ -95,6 +99,7 @@ class DailyUsage:
     models: list[str]
     tokens: dict[tuple[str, str], int]
     cost_pico: dict[tuple[str, str], int]
+    cached_tokens: dict[tuple[str, str], int] = field(default_factory=dict)  # of the prompt tokens
 
 
 class UsageReporter:
@@ -124,12 +129,14 @@ class UsageReporter:
         rows = await self._store.list_usage(await self._tenant_id(tenant), period.start, period.end)
         tokens: dict[tuple[str, str], int] = defaultdict(int)
         cost: dict[tuple[str, str], int] = defaultdict(int)
+        cached: dict[tuple[str, str], int] = defaultdict(int)
         for row in rows:
             cell = (day_of(row.started_at), row.model)
             tokens[cell] += row.prompt_tokens + row.completion_tokens
             cost[cell] += row.cost_pico
+            cached[cell] += row.cached_tokens
         models = sorted({model for _, model in tokens})
-        return DailyUsage(tenant, period, self._currency, models, dict(tokens), dict(cost))
+        return DailyUsage(tenant, period, self._currency, models, dict(tokens), dict(cost), dict(cached))
 
 
 def _line(group: UsageGroup) -> UsageLine:
@@ -137,6 +144,7 @@ def _line(group: UsageGroup) -> UsageLine:
         group=group.group,
         requests=group.requests,
         prompt_tokens=group.prompt_tokens,
+        cached_tokens=group.cached_tokens,
         completion_tokens=group.completion_tokens,
         total_tokens=group.prompt_tokens + group.completion_tokens,
         cost=format_amount(group.cost_pico),
@@ -162,27 +170,30 @@ def render_json(report: UsageReport) -> str:
     return report_response(report).model_dump_json(by_alias=True, indent=2)
 
 
-def _cells(report: UsageReport) -> list[list[str]]:
+def _cells(report: UsageReport, columns: tuple[str, ...]) -> list[list[str]]:
     """Header, one row per group, then the totals row; every cell a string."""
-    rows = [[report.group_by, *_COLUMNS]]
+    rows = [[report.group_by, *columns]]
     for group in [*report.lines, report.total]:
         line = _line(group)
-        rows.append([line.group, *(str(getattr(line, column)) for column in _COLUMNS)])
+        rows.append([line.group, *(str(getattr(line, column)) for column in columns)])
     return rows
 
 
 def render_csv(report: UsageReport) -> str:
+    """The report's columns, then ``currency``, then the columns added since (``cached_tokens``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    header, *rows = _cells(report)
-    writer.writerow([*header, "currency"])
-    writer.writerows([*row, report.currency] for row in rows)
+    known, added = _cells(report, _CSV_COLUMNS), _cells(report, _CSV_ADDED)
+    writer.writerow([*known[0], "currency", *added[0][1:]])
+    writer.writerows(
+        [*row, report.currency, *more[1:]] for row, more in zip(known[1:], added[1:], strict=True)
+    )
     return out.getvalue()
 
 
 def render_table(report: UsageReport) -> str:
     """Aligned text for a terminal: groups left, numbers right, a rule above the totals."""
-    rows = _cells(report)
+    rows = _cells(report, _TABLE_COLUMNS)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def fmt(row: list[str]) -> str:

@@ -119,6 +119,14 @@ def test_engine_gpus_equal_tensor_parallel_size() -> None:
     assert 1 in sizes and max(sizes) >= 4  # one single-GPU pool, one tensor-parallel pool
 
 
+def test_engines_report_cached_prompt_tokens() -> None:
+    """vLLM leaves ``prompt_tokens_details`` out of usage unless told: cached tokens would be billed
+    at the full input price."""
+    for engine in of_kind("StatefulSet"):
+        (container,) = containers(engine)
+        assert "--enable-prompt-tokens-details" in container["args"], engine["metadata"]["name"]
+
+
 def test_secrets_come_from_secrets_never_from_config_maps() -> None:
     for config_map in of_kind("ConfigMap"):
         for key, value in config_map.get("data", {}).items():
