@@ -8,8 +8,9 @@ the secret of a key just created or rotated.
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse
 
 from gateway.api.deps import ReporterDep, StateDep, TenancyDep, admin_caller
@@ -32,6 +33,7 @@ from gateway.protocol import (
     TenantList,
     TenantObject,
 )
+from gateway.reconcile.report import ReconcileReportResponse, reconcile_report
 from gateway.records import ApiKey, Tenant, TenantStatus
 from gateway.reporting.charts import render_usage_chart
 from gateway.routing.endpoint import Endpoint
@@ -193,6 +195,14 @@ async def usage(
 @router.get("/usage/chart", response_class=HTMLResponse)
 async def usage_chart(reporter: ReporterDep, period: PeriodDep, tenant: str | None = None) -> HTMLResponse:
     return HTMLResponse(render_usage_chart(await reporter.daily_by_model(tenant, period)))
+
+
+@router.get("/usage/reconcile")
+async def usage_reconcile(
+    state: StateDep, from_: Annotated[str, Query(alias="from")], to: str
+) -> ReconcileReportResponse:
+    """Per engine and UTC hour: the engine's token counters against the ledger and adjustments."""
+    return await reconcile_report(state.store, from_, to)
 
 
 def engine_object(endpoint: Endpoint, now: float) -> EngineObject:
