@@ -29,6 +29,8 @@ from gateway.metering.journal import Journal, recovered_rows
 from gateway.metering.meter import LedgerWriter, Meter
 from gateway.metering.pricing import PriceBook
 from gateway.metrics import GatewayMetrics
+from gateway.reconcile.sampler import EngineSampler
+from gateway.reconcile.settler import Settler
 from gateway.records import Outcome
 from gateway.routing.discovery import EndpointDiscovery
 from gateway.routing.drains import Drains, create_drain_board
@@ -186,10 +188,18 @@ async def _start(stack: contextlib.AsyncExitStack, state: GatewayState) -> None:
     if discovery.enabled:
         supervisor.add("discovery", discovery.refresh, discovery.interval_s, wait_first=True)
     supervisor.add("drains", state.drains.sync, state.drains.interval_s, wait_first=True)
+    sampler = EngineSampler(state.store, settings.reconcile_sample_interval_s)
     scraper = EngineStatsScraper(
-        state.router, state.session, settings.engine_stats_interval_s, settings.health_timeout_s
+        state.router,
+        state.session,
+        settings.engine_stats_interval_s,
+        settings.health_timeout_s,
+        listener=sampler.observe,
     )
     supervisor.add("engine-stats", scraper.scrape_all, scraper.interval_s)
+    supervisor.add("reconcile-samples", sampler.flush, settings.engine_stats_interval_s)
+    settler = Settler(state.store, state.meter.price, state.metrics, settings.reconcile_settle_s)
+    supervisor.add("reconcile", settler.settle_round, settings.reconcile_settle_interval_s, wait_first=True)
     supervisor.add(
         "budgets", functools.partial(state.admission.publish_budgets, state.store), settings.budget_refresh_s
     )

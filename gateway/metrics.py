@@ -23,6 +23,7 @@ class GatewayMetrics:
         self._add_limits_metrics()
         self._add_queues_metrics()
         self._add_usage_events_metrics()
+        self._add_metering_metrics()
 
     def _add_requests_metrics(self) -> None:
         """Traffic, tokens and latency per tenant and model."""
@@ -116,7 +117,8 @@ class GatewayMetrics:
         self.background_task_restarts = Counter(
             "gateway_background_task_restarts",
             "Background tasks that crashed and were restarted by the supervisor, by task "
-            "(ledger, health, engine-stats, discovery, drains, budgets, usage-webhook).",
+            "(ledger, health, engine-stats, discovery, drains, budgets, usage-webhook, reconcile-samples, "
+            "reconcile).",
             ["task"],
             registry=self.registry,
         )
@@ -135,6 +137,20 @@ class GatewayMetrics:
         self.usage_events_lag = self._gauge(
             "gateway_usage_events_lag_seconds",
             "Age of the oldest usage event the billing webhook has not acknowledged (0: caught up).",
+        )
+
+    def _add_metering_metrics(self) -> None:
+        """The ledger held against the engines' own counters (gateway/reconcile)."""
+        self.metering_drift = self._gauge(
+            "gateway_metering_drift_tokens",
+            "Tokens an engine counted that neither the ledger nor an adjustment accounts for (negative: "
+            "the ledger holds more), over the periods settled in the last hour, by engine.",
+            "engine",
+        )
+        self.metering_adjusted = self._counter(
+            "gateway_metering_adjusted_tokens",
+            "Tokens billed by adjustment rows this process wrote, by kind (prompt, completion).",
+            "kind",
         )
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:

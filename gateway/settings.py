@@ -82,6 +82,13 @@ class Settings(BaseSettings):
     budget_refresh_s: float = Field(default=15.0, gt=0)
     # How often each engine's /metrics (running, waiting, KV-cache use) is read for routing.
     engine_stats_interval_s: float = Field(default=1.0, gt=0)
+    # Reconciliation with the engines' counters (gateway/reconcile): a reading is kept at each
+    # quiet point, else at least this often while the counters move; a period between quiet
+    # points is settled this long after its end (every replica's ledger rows are in by then), by
+    # a round that runs this often.
+    reconcile_sample_interval_s: float = Field(default=10.0, gt=0)
+    reconcile_settle_s: float = Field(default=60.0, ge=0)
+    reconcile_settle_interval_s: float = Field(default=10.0, gt=0)
     # Rows are durable in the journal first, so the database can take them in larger batches:
     # 50 ms flushes were the main source of the c=1 latency tail (benchmarks/RESULTS.md).
     ledger_flush_interval_s: float = Field(default=0.25, gt=0)

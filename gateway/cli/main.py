@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.reconcile import add_reconcile_command
 from gateway.config.limits import load_default_limits
 from gateway.config.loader import ConfigError
 from gateway.config.prices import load_prices
@@ -311,6 +312,7 @@ def _add_usage_commands(commands: Any) -> None:
     report.add_argument("--format", choices=sorted(_RENDERERS), default="table")
     report.add_argument("--chart", type=Path, help="also write an HTML chart per day and model here")
     report.set_defaults(handler=_store_command(_usage_report))
+    add_reconcile_command(usage, _store_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -101,5 +101,13 @@ async def test_shutdown_stops_every_background_task(tmp_path: Path) -> None:
         await asyncio.sleep(0)
         runners = {t for t in asyncio.all_tasks() if t.get_name().startswith("supervised:")}
         names = sorted(t.get_name().removeprefix("supervised:") for t in runners)
-        assert names == ["budgets", "drains", "engine-stats", "health", "ledger"]  # no discovery here
+        assert names == [
+            "budgets",
+            "drains",
+            "engine-stats",
+            "health",
+            "ledger",
+            "reconcile",
+            "reconcile-samples",
+        ]  # no discovery here
     assert all(t.done() for t in runners)
