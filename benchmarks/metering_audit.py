@@ -262,6 +262,7 @@ async def run_phase(
     requests = make_requests(random.Random(args.seed), args.requests, abort)
     async with aiohttp.ClientSession() as session, gateway(tmp, engine_url, env) as (url, key, database):
         await wait_idle(session, engine_url, meter)
+        await asyncio.sleep(3.0)  # the gateway's sampler marks a quiet point: periods start here
         await meter.sample(session)
         sampling = asyncio.create_task(_sample_forever(session, meter))
         started = time.monotonic()
