@@ -12,6 +12,7 @@ from starlette.responses import Response
 from gateway.admission.service import Admission
 from gateway.errors import (
     GatewayError,
+    InvalidRequestError,
     ModelNotFoundError,
     NoHealthyEngineError,
     PayloadTooLargeError,
@@ -80,16 +81,8 @@ class ProxyService:
         )
         exchange = Exchange(self._meter, self._admission, self._metrics, record, key.tenant_name)
         try:
-            request = parse_request(
-                api,
-                await self._read_body(http),
-                key=key,
-                request_id=record.request_id,
-                session_id=http.headers.get("x-session-id"),
-            )
-            record.model = request.model
-            if not key.allows(request.model):
-                raise ModelNotFoundError(request.model)
+            request = await self._accept(api, key, http, record.request_id)
+            record.model = request.model  # a served model's name: never a client's arbitrary string
             exchange.reservation = await self._admission.admit(request, record.started_at)
             self._meter.start(record)
             exchange.pool = self._router.pool(request.model)
@@ -112,6 +105,24 @@ class ProxyService:
         streamed = request.stream and upstream.status == 200
         body = self._body(exchange, request, streamed)
         return RelayResponse(exchange, body, upstream.status, upstream.content_type, streamed)
+
+    async def _accept(self, api: Api, key: ApiKey, http: Request, request_id: str) -> InferenceRequest:
+        """The typed request for a model this key may use and this gateway serves; else the 4xx
+        that refuses it, charged to the key's requests per minute (``Admission.charge_refused``)."""
+        try:
+            request = parse_request(
+                api,
+                await self._read_body(http),
+                key=key,
+                request_id=request_id,
+                session_id=http.headers.get("x-session-id"),
+            )
+            if not key.allows(request.model) or request.model not in self._router.pools:
+                raise ModelNotFoundError(request.model)
+        except InvalidRequestError:
+            await self._admission.charge_refused(key)
+            raise
+        return request
 
     async def _read_body(self, http: Request) -> bytes:
         declared = http.headers.get("content-length")

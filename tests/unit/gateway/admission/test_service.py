@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from decimal import Decimal
 
+import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.admission.limits import InProcessLimiter
+from gateway.admission.limits import InProcessLimiter, LimitExceeded
 from gateway.admission.service import Admission
 from gateway.admission.tokens import HeuristicCounter
 from gateway.inference import InferenceRequest
@@ -69,3 +70,18 @@ async def test_the_requests_own_key_is_limited() -> None:
     assert first is not None and first.tokens == 0  # only a request rate: nothing is counted
     assert first.subject.tenant_id == KEY.tenant_id and first.subject.key_id == KEY.id
     assert await gate.admit(typed_request(Api.completions, {"prompt": "x"}), started_at=1.0) is None
+
+
+async def test_a_refused_request_takes_only_a_request_per_minute() -> None:
+    """Junk the edge refuses (bad JSON, a model the key may not use) still meets rpm, and nothing
+    else: no tokens, no concurrency slot, nothing to settle."""
+    limited = admission(LimitSpec(rpm=2, tpm=100, max_concurrent=1))
+    await limited.charge_refused(KEY)
+    request = typed_request(Api.chat, {"messages": MESSAGES, "max_tokens": 1})
+    reservation = await limited.admit(request, started_at=1.0)  # the slot and the tokens are all there
+    assert reservation is not None and reservation.state.requests is not None
+    assert reservation.state.requests.remaining == 0
+    with pytest.raises(LimitExceeded) as refused:
+        await limited.charge_refused(KEY)
+    assert refused.value.reason == "requests"
+    await admission(None).charge_refused(KEY)  # unlimited: nothing to charge
