@@ -173,7 +173,8 @@ class KeyUpdateRequest(BaseModel):
 class KeyRotateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    grace_s: float | None = Field(default=None, ge=0)  # None: the server's key_rotation_grace_s
+    # None: the server's key_rotation_grace_s; at most a year (tenancy.service.MAX_GRACE_S).
+    grace_s: float | None = Field(default=None, ge=0, le=366 * 24 * 3600.0, allow_inf_nan=False)
 
 
 class KeyObject(BaseModel):

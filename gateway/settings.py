@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     # development a missing token switches the admin API off.
     admin_token: SecretStr | None = None
     # How long a rotated key keeps working next to its replacement (default one day).
-    key_rotation_grace_s: float = Field(default=24 * 3600.0, ge=0)
+    key_rotation_grace_s: float = Field(default=24 * 3600.0, ge=0, le=366 * 24 * 3600.0)
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Revoked or expired keys stop working within this bound (the key cache's lifetime).

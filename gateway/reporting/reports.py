@@ -21,7 +21,7 @@ from gateway.records import ApiKey, UsageGroup
 from gateway.store import Store
 from gateway.store.base import GroupBy
 from gateway.tenancy.service import store_errors
-from gateway.utc import day_of, midnight
+from gateway.utc import DAY_S, day_of, midnight
 
 COST_DECIMALS = 12
 TOTAL = "total"
@@ -57,7 +57,7 @@ class ReportPeriod:
     @property
     def end(self) -> float:
         """00:00 UTC of the day after the last (excluded)."""
-        return midnight(self.last + timedelta(days=1))
+        return midnight(self.last) + DAY_S  # as a date, the day after 9999-12-31 does not exist
 
     def days(self) -> list[str]:
         count = (self.last - self.first).days + 1
