@@ -26,6 +26,7 @@ from gateway.utc import DAY_S, day_of, midnight
 COST_DECIMALS = 12
 TOTAL = "total"
 _COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _day(value: str, param: str) -> date:
@@ -171,12 +172,24 @@ def _cells(report: UsageReport) -> list[list[str]]:
     return rows
 
 
+def csv_cell(value: str) -> str:
+    """A cell a spreadsheet shows as text, never runs: one starting with ``= + - @``, a tab or a
+    carriage return (a formula to Excel, LibreOffice and Sheets) gets a leading apostrophe, as
+    OWASP advises. Groups can be names a tenant chose (a model it asked for, in older rows).
+
+    A carriage return becomes a newline: the writer quotes a cell with a newline (our line
+    terminator) but not one with a lone CR, which a spreadsheet would read as the end of the row.
+    """
+    cell = "'" + value if value.startswith(_FORMULA_STARTS) else value
+    return cell.replace("\r\n", "\n").replace("\r", "\n") if "\r" in cell else cell
+
+
 def render_csv(report: UsageReport) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     header, *rows = _cells(report)
     writer.writerow([*header, "currency"])
-    writer.writerows([*row, report.currency] for row in rows)
+    writer.writerows([*map(csv_cell, row), csv_cell(report.currency)] for row in rows)
     return out.getvalue()
 
 
