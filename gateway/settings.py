@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.config.loader import ConfigError, describe
 
 MIN_ADMIN_TOKEN_CHARS = 32
+# What ``estimated_bits`` must find in a production admin token (a generated one scores 150-270).
+MIN_ADMIN_TOKEN_BITS = 80
+GENERATE_ADMIN_TOKEN = "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 _PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "example", "yourtoken", "xxxxxxxx")
 ENV_PREFIX = "GATEWAY_"
 
@@ -102,8 +107,8 @@ class Settings(BaseSettings):
             raise ConfigError(describe(exc, written_as=lambda name: ENV_PREFIX + name.upper())) from None
 
     def check_startup(self) -> None:
-        """Refuse a replicated set-up whose state is not shared and, outside development, a
-        missing or placeholder admin token (``ConfigError``)."""
+        """Refuse a replicated set-up whose state is not shared, an admin token shorter than 32
+        characters and, outside development, a missing or guessable one (``ConfigError``)."""
         if self.replicated:
             if not self.database_url.startswith(("postgresql://", "postgres://")):
                 raise ConfigError(
@@ -115,14 +120,18 @@ class Settings(BaseSettings):
                     "GATEWAY_REPLICATED needs GATEWAY_REDIS_URL=redis://…: without it each replica "
                     "would enforce every limit on its own (N replicas, N times the limit)"
                 )
-        if self.environment == "development":
-            return
-        problem = admin_token_problem(self.admin_token)
+        token = self.admin_token.get_secret_value() if self.admin_token is not None else ""
+        if self.environment == "development" and not token.strip():
+            return  # no token switches the admin API off
+        # Development takes any token of the length; production also wants it to look random.
+        short = len(token) < MIN_ADMIN_TOKEN_CHARS
+        problem = (
+            admin_token_problem(self.admin_token) if self.environment != "development" or short else None
+        )
         if problem is not None:
             raise ConfigError(
                 f"GATEWAY_ADMIN_TOKEN {problem}; {self.environment} needs a random token of at least "
-                f"{MIN_ADMIN_TOKEN_CHARS} characters, e.g. from "
-                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                f"{MIN_ADMIN_TOKEN_CHARS} characters, e.g. from {GENERATE_ADMIN_TOKEN}"
             )
 
 
@@ -139,4 +148,30 @@ def admin_token_problem(token: SecretStr | None) -> str | None:
     # "adminadmin…", "secretsecret…", "aaaa…": long, but nowhere near random.
     if len(set(value)) < 8:
         return "has too few distinct characters to be random"
+    bits = estimated_bits(value)
+    if bits < MIN_ADMIN_TOKEN_BITS:
+        return (
+            f"looks guessable (about {bits:.0f} bits of randomness, at least {MIN_ADMIN_TOKEN_BITS} needed)"
+        )
     return None
+
+
+def estimated_bits(value: str) -> float:
+    """A rough, deliberately pessimistic count of a token's random bits: the characters that are
+    neither a run (the same, next or previous character: ``aaa``, ``1234``, ``fedc``) nor a
+    repeat (a three-character piece seen before: ``Password1Password1``), times the bits of a
+    character drawn from the classes the token uses. A 32-character ``secrets.token_hex(16)``
+    scored at least 82 in 200,000 draws; ``Password1`` x 4 scores 60, ``0123456789abcdef`` x 4 16.
+    """
+    classes = (string.ascii_lowercase, string.ascii_uppercase, string.digits)
+    alphabet = sum(len(chars) for chars in classes if any(c in chars for c in value))
+    if any(not (c.isascii() and c.isalnum()) for c in value):
+        alphabet += 32  # punctuation and the rest
+    seen: set[str] = set()
+    fresh = 0
+    for i, char in enumerate(value):
+        piece = value[max(0, i - 2) : i + 1]
+        if (i == 0 or abs(ord(char) - ord(value[i - 1])) > 1) and piece not in seen:
+            fresh += 1
+        seen.add(piece)
+    return fresh * math.log2(alphabet)
