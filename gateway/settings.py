@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     key_rotation_grace_s: float = Field(default=24 * 3600.0, ge=0, le=366 * 24 * 3600.0)
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Client connections (gateway/connections.py, docs/operations.md "Exposing the gateway"): a
+    # request's headers must arrive within header_timeout_s of its first byte (or of the
+    # connect), its body within body_timeout_s after them (408 otherwise); an idle keep-alive
+    # connection closes after keep_alive_timeout_s. Past max_connections open connections a new
+    # one gets 503 at once (lowered to fit the open-file limit). Headers over max_header_bytes
+    # (request line included) or more than max_headers of them: 431.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    keep_alive_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=4096, ge=1)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=16)
     # Revoked or expired keys stop working within this bound (the key cache's lifetime).
     auth_cache_ttl_s: float = Field(default=5.0, ge=0)
     health_interval_s: float = Field(default=2.0, gt=0)

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from engines.launcher import EngineLauncher
 from gateway.app import create_app
 from gateway.config.pools import DeploymentSpec, load_spec
+from gateway.connections import raise_open_file_limit
 from gateway.errors import ResourceConflictError
 from gateway.server import freeze_startup_objects, uvicorn_config
 from gateway.settings import Settings
@@ -99,7 +100,7 @@ async def run_embedded(settings: Settings, demo_tenant: str) -> int:
         secret = await create_demo_key(settings, demo_tenant, frozenset(p.served_name for p in spec.pools))
         launcher.drain_hook = RouterDrain(app)
         launcher.restart_on_sighup()
-        server = uvicorn.Server(uvicorn_config(app, settings))
+        server = uvicorn.Server(uvicorn_config(app, settings, raise_open_file_limit()))
         freeze_startup_objects()
         _leave_signals_to_uvicorn()
         serving = asyncio.create_task(server.serve())

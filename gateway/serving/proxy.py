@@ -6,7 +6,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.admission.service import Admission
@@ -130,11 +130,14 @@ class ProxyService:
             raise self._too_large()
         pieces: list[bytes] = []
         size = 0
-        async for piece in http.stream():
-            size += len(piece)
-            if size > self._max_body_bytes:
-                raise self._too_large()
-            pieces.append(piece)
+        try:
+            async for piece in http.stream():
+                size += len(piece)
+                if size > self._max_body_bytes:
+                    raise self._too_large()
+                pieces.append(piece)
+        except ClientDisconnect:  # gone mid-body, or cut off by the body timeout (a 408 was sent)
+            raise ClientDisconnectedError from None
         return b"".join(pieces)
 
     def _too_large(self) -> PayloadTooLargeError:
