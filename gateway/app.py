@@ -88,7 +88,8 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(ops.router)
     app.include_router(usage.router)
-    app.include_router(admin.router)
+    # The admin API is documented in README; the public schema need not map it for everyone.
+    app.include_router(admin.router, include_in_schema=settings.internals_public)
     install_error_handlers(app)
     return app
 

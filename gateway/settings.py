@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     # Bearer token of the /admin API. Production refuses to start without a random one; in
     # development a missing token switches the admin API off.
     admin_token: SecretStr | None = None
+    # Bearer token of /metrics; when set, /metrics takes only it.
+    metrics_token: SecretStr | None = None
+    # Whether what helps an attacker map the service is public: tenant names and engine addresses
+    # in /metrics (unless metrics_token is set), per-model health in /health, the admin routes in
+    # /openapi.json. None: public in development, hidden in production.
+    expose_internals: bool | None = None
     # How long a rotated key keeps working next to its replacement (default one day).
     key_rotation_grace_s: float = Field(default=24 * 3600.0, ge=0, le=366 * 24 * 3600.0)
 
@@ -105,6 +111,13 @@ class Settings(BaseSettings):
     # With Redis, engines drained through any replica's admin API are drained on every replica
     # within this bound (gateway/routing/drains.py).
     drain_sync_interval_s: float = Field(default=2.0, gt=0)
+
+    @property
+    def internals_public(self) -> bool:
+        """See ``expose_internals``."""
+        return (
+            self.expose_internals if self.expose_internals is not None else self.environment == "development"
+        )
 
     def journal_path(self) -> Path:
         return self.journal_dir or self.data_dir / "journal" / f"port-{self.port}"

@@ -19,7 +19,13 @@ from gateway.metering.pricing import PriceBook
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 KUBERNETES_VERSION = "1.33.0"  # the oldest release the manifests must apply to
-SECRET_ENV = {"GATEWAY_ADMIN_TOKEN", "GATEWAY_DATABASE_URL", "GATEWAY_REDIS_URL", "HF_TOKEN"}
+SECRET_ENV = {
+    "GATEWAY_ADMIN_TOKEN",
+    "GATEWAY_METRICS_TOKEN",
+    "GATEWAY_DATABASE_URL",
+    "GATEWAY_REDIS_URL",
+    "HF_TOKEN",
+}
 # Credentials in a URL (scheme://user:password@), tokens, keys: never in a ConfigMap.
 SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@|sk-gw-|hf_[A-Za-z0-9]{10,}|BEGIN [A-Z ]*PRIVATE KEY")
 SECRET_KEY = re.compile(r"token|password|secret|database[-_]url|redis[-_]url", re.IGNORECASE)
