@@ -125,7 +125,8 @@ async def _open_state(
     _recover(journal, meter, leftovers)
     health = _health_checker(settings, router, session, metrics, clock)
     transport = AiohttpTransport(session, settings.connect_timeout_s, settings.request_timeout_s)
-    upstream = UpstreamClient(transport, settings.first_token_timeout_s)
+    engine_key = settings.engine_api_key.get_secret_value() if settings.engine_api_key else None
+    upstream = UpstreamClient(transport, settings.first_token_timeout_s, engine_key)
     return GatewayState(
         settings=settings,
         spec=spec,

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # Bearer token of the /admin API. Production refuses to start without a random one; in
     # development a missing token switches the admin API off.
     admin_token: SecretStr | None = None
+    # Sent to every engine as ``Authorization: Bearer``; the engines are started with it as their
+    # API key (``gateway up`` makes one per run; Kubernetes: the engine-api-key secret), so
+    # nothing that reaches an engine's port bypasses the gateway's keys, limits and ledger.
+    engine_api_key: SecretStr | None = None
     # Bearer token of /metrics; when set, /metrics takes only it.
     metrics_token: SecretStr | None = None
     # Whether what helps an attacker map the service is public: tenant names and engine addresses
