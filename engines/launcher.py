@@ -4,8 +4,9 @@ Each replica of a launched pool is one vLLM OpenAI server (``python -m
 vllm.entrypoints.openai.api_server``; the ``vllm`` console script trips over the CPU wheel's
 package metadata) or, for ``engine: sim``, one ``python -m engines.sim``. Every engine runs in its
 own session so that stopping it also stops the engine-core and worker processes vLLM forks.
-Engines bind loopback only; the gateway is the one public door. Every engine reports cached prompt
-tokens (``--enable-prompt-tokens-details``), which the gateway bills at the cached-input price.
+Engines bind loopback only and require the API key only the gateway knows (``VLLM_API_KEY``); the
+gateway is the one door. Every engine reports cached prompt tokens
+(``--enable-prompt-tokens-details``), which the gateway bills at the cached-input price.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engines.models import resolve_model_source
 from engines.placement import BIND_VARIABLE, cpu_bindings
-from gateway.config.pools import DeploymentSpec, PoolSpec
+from gateway.config.pools import ENGINE_KEY_VARIABLE, DeploymentSpec, PoolSpec
 
 logger = logging.getLogger(__name__)
 
@@ -127,23 +128,40 @@ def sim_argv(pool: PoolSpec, port: int, python: str = sys.executable) -> list[st
     return argv + ["--model", pool.served_name, *_with_prompt_tokens_details(pool.vllm_args)]
 
 
-def engine_env(pool: PoolSpec, replica: int, cpu_bind: str | None = None) -> dict[str, str]:
-    """The replica's environment additions: offline hub, GPU or CPU placement, the pool's own ``env``."""
+def engine_env(
+    pool: PoolSpec, replica: int, cpu_bind: str | None = None, api_key: str | None = None
+) -> dict[str, str]:
+    """The replica's environment additions: offline hub, GPU or CPU placement, the API key the
+    gateway sends (in the environment, not on the command line where ``ps`` shows it), the
+    pool's own ``env``."""
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if pool.device == "gpu" and pool.placement:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in pool.placement[replica].gpu_ids)
     if cpu_bind is not None:
         env[BIND_VARIABLE] = cpu_bind
+    if api_key:
+        env[ENGINE_KEY_VARIABLE] = api_key
     return env | pool.env
 
 
-def build_commands(spec: DeploymentSpec, data_dir: Path, python: str = sys.executable) -> list[EngineCommand]:
-    """One command per launched replica; resolves (and builds if needed) each pool's model once."""
+def build_commands(
+    spec: DeploymentSpec, data_dir: Path, python: str = sys.executable, api_key: str | None = None
+) -> list[EngineCommand]:
+    """One command per launched replica; resolves (and builds if needed) each pool's model once.
+    ``api_key``: what each engine requires on /v1 (None: nothing, and a warning)."""
     commands = []
     cpu_binds = cpu_bindings(spec)
+    if api_key is None and any(pool.launched for pool in spec.pools):
+        logger.warning("engines start without an API key: anything reaching their ports bypasses the gateway")
     for pool in spec.pools:
         if not pool.launched:
             continue
+        if pool.overrides_host:
+            logger.warning(
+                "%s: vllm_args override --host (allow_host_override): its engines may "
+                "be reachable beyond loopback",
+                pool.served_name,
+            )
         model = resolve_model_source(pool.model, data_dir) if pool.engine == "vllm" else pool.model
         for replica, (port, url) in enumerate(zip(pool.ports(), pool.endpoint_urls(), strict=True)):
             argv = (
@@ -152,7 +170,8 @@ def build_commands(spec: DeploymentSpec, data_dir: Path, python: str = sys.execu
                 else sim_argv(pool, port, python)
             )
             name = f"{pool.served_name}#{replica}"
-            commands.append(EngineCommand(name, argv, engine_env(pool, replica, cpu_binds.get(name)), url))
+            env = engine_env(pool, replica, cpu_binds.get(name), api_key)
+            commands.append(EngineCommand(name, argv, env, url))
     return commands
 
 
@@ -189,9 +208,15 @@ class EngineLauncher:
     """Starts every launched replica of ``spec``, waits for health, restarts the dead, stops all."""
 
     def __init__(
-        self, spec: DeploymentSpec, data_dir: Path, log_dir: Path, drain_hook: DrainHook | None = None
+        self,
+        spec: DeploymentSpec,
+        data_dir: Path,
+        log_dir: Path,
+        drain_hook: DrainHook | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._spec = spec
+        self._api_key = api_key
         self._data_dir = Path(data_dir)
         self._log_dir = Path(log_dir)
         self.drain_hook = drain_hook
@@ -200,7 +225,9 @@ class EngineLauncher:
 
     async def start(self) -> None:
         # Building the tiny model takes seconds of CPU: keep the event loop free meanwhile.
-        commands = await asyncio.to_thread(build_commands, self._spec, self._data_dir)
+        commands = await asyncio.to_thread(
+            build_commands, self._spec, self._data_dir, sys.executable, self._api_key
+        )
         self._log_dir.mkdir(parents=True, exist_ok=True)
         for command in commands:
             log_path = self._log_dir / f"{command.name.replace('#', '-')}.log"

@@ -94,7 +94,8 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(ops.router)
     app.include_router(usage.router)
-    app.include_router(admin.router)
+    # The admin API is documented in README; the public schema need not map it for everyone.
+    app.include_router(admin.router, include_in_schema=settings.internals_public)
     install_error_handlers(app)
     return app
 
@@ -132,7 +133,8 @@ async def _open_state(
     _recover(journal, meter, leftovers)
     health = _health_checker(settings, router, session, metrics, clock)
     transport = AiohttpTransport(session, settings.connect_timeout_s, settings.request_timeout_s)
-    upstream = UpstreamClient(transport, settings.first_token_timeout_s)
+    engine_key = settings.engine_api_key.get_secret_value() if settings.engine_api_key else None
+    upstream = UpstreamClient(transport, settings.first_token_timeout_s, engine_key)
     return GatewayState(
         settings=settings,
         spec=spec,

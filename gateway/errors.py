@@ -11,7 +11,8 @@ GatewayError                      500 server_error
 ├── AuthenticationError           401 authentication_error / invalid_api_key
 ├── PermissionDeniedError         403 permission_error / permission_denied
 ├── RateLimitError                429 rate_limit_error / rate_limit_exceeded
-│   ├── LimitExceeded             (gateway.admission.limits: carries reason, scope and Retry-After)
+│   ├── LimitExceeded             (gateway.admission.limits: reason, scope, Retry-After; a spent
+│   │                             monthly budget is type and code insufficient_quota)
 │   └── TenantQueueFullError      (this tenant's share of a saturated pool's queue is full)
 ├── UpstreamError                 502 upstream_error
 ├── NoHealthyEngineError          503 service_unavailable / no_healthy_engine

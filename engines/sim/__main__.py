@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -42,6 +43,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("VLLM_API_KEY") or None,
+        help="required on /v1/* as a bearer token (default: VLLM_API_KEY, as vLLM)",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.getLogger("uvicorn.error").addFilter(_DropSimulatedCrashes())
     server_config = uvicorn.Config(
-        create_sim_app(config),
+        create_sim_app(config, args.api_key),
         host=args.host,
         port=args.port,
         loop="uvloop",

@@ -7,15 +7,18 @@ gateway on SQLite, creates a demo tenant and key, and prints how to call it.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import sys
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from engines.launcher import EngineLauncher
 from gateway.app import create_app
 from gateway.config.pools import DeploymentSpec, load_spec
+from gateway.connections import raise_open_file_limit
 from gateway.errors import ResourceConflictError
 from gateway.server import freeze_startup_objects, uvicorn_config
 from gateway.settings import Settings
@@ -86,8 +89,16 @@ Press Ctrl-C to stop the gateway and its engines.
 
 async def run_embedded(settings: Settings, demo_tenant: str) -> int:
     spec = load_spec(settings.config_path)
+    if settings.engine_api_key is None:  # a fresh key per run: only this gateway can use the engines
+        settings = settings.model_copy(update={"engine_api_key": SecretStr(secrets.token_urlsafe(32))})
+    assert settings.engine_api_key is not None
     app = create_app(settings, spec)  # every setting and file checked before an engine starts
-    launcher = EngineLauncher(spec, settings.data_dir, settings.data_dir / "logs")
+    launcher = EngineLauncher(
+        spec,
+        settings.data_dir,
+        settings.data_dir / "logs",
+        api_key=settings.engine_api_key.get_secret_value(),
+    )
     engines = sum(p.replicas for p in spec.pools if p.launched)
     _progress(f"starting {engines} engine(s) from {settings.config_path}")
     supervisor: asyncio.Task[None] | None = None
@@ -99,7 +110,7 @@ async def run_embedded(settings: Settings, demo_tenant: str) -> int:
         secret = await create_demo_key(settings, demo_tenant, frozenset(p.served_name for p in spec.pools))
         launcher.drain_hook = RouterDrain(app)
         launcher.restart_on_sighup()
-        server = uvicorn.Server(uvicorn_config(app, settings))
+        server = uvicorn.Server(uvicorn_config(app, settings, raise_open_file_limit()))
         freeze_startup_objects()
         _leave_signals_to_uvicorn()
         serving = asyncio.create_task(server.serve())

@@ -21,7 +21,7 @@ from gateway.records import ApiKey, UsageGroup
 from gateway.store import Store
 from gateway.store.base import GroupBy
 from gateway.tenancy.service import store_errors
-from gateway.utc import day_of, midnight
+from gateway.utc import DAY_S, day_of, midnight
 
 COST_DECIMALS = 12
 TOTAL = "total"
@@ -29,6 +29,7 @@ _TABLE_COLUMNS = ("requests", "prompt_tokens", "cached_tokens", "completion_toke
 # A CSV is read by position too: columns added later go after the ones readers already know.
 _CSV_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
 _CSV_ADDED = ("cached_tokens",)
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _day(value: str, param: str) -> date:
@@ -60,7 +61,7 @@ class ReportPeriod:
     @property
     def end(self) -> float:
         """00:00 UTC of the day after the last (excluded)."""
-        return midnight(self.last + timedelta(days=1))
+        return midnight(self.last) + DAY_S  # as a date, the day after 9999-12-31 does not exist
 
     def days(self) -> list[str]:
         count = (self.last - self.first).days + 1
@@ -179,6 +180,18 @@ def _cells(report: UsageReport, columns: tuple[str, ...]) -> list[list[str]]:
     return rows
 
 
+def csv_cell(value: str) -> str:
+    """A cell a spreadsheet shows as text, never runs: one starting with ``= + - @``, a tab or a
+    carriage return (a formula to Excel, LibreOffice and Sheets) gets a leading apostrophe, as
+    OWASP advises. Groups can be names a tenant chose (a model it asked for, in older rows).
+
+    A carriage return becomes a newline: the writer quotes a cell with a newline (our line
+    terminator) but not one with a lone CR, which a spreadsheet would read as the end of the row.
+    """
+    cell = "'" + value if value.startswith(_FORMULA_STARTS) else value
+    return cell.replace("\r\n", "\n").replace("\r", "\n") if "\r" in cell else cell
+
+
 def render_csv(report: UsageReport) -> str:
     """The report's columns, then ``currency``, then the columns added since (``cached_tokens``)."""
     out = io.StringIO()
@@ -186,7 +199,8 @@ def render_csv(report: UsageReport) -> str:
     known, added = _cells(report, _CSV_COLUMNS), _cells(report, _CSV_ADDED)
     writer.writerow([*known[0], "currency", *added[0][1:]])
     writer.writerows(
-        [*row, report.currency, *more[1:]] for row, more in zip(known[1:], added[1:], strict=True)
+        [*map(csv_cell, row), csv_cell(report.currency), *map(csv_cell, more[1:])]
+        for row, more in zip(known[1:], added[1:], strict=True)
     )
     return out.getvalue()
 

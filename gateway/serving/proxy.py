@@ -6,12 +6,13 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.admission.service import Admission
 from gateway.errors import (
     GatewayError,
+    InvalidRequestError,
     ModelNotFoundError,
     NoHealthyEngineError,
     PayloadTooLargeError,
@@ -84,17 +85,9 @@ class ProxyService:
         )
         exchange = Exchange(self._meter, self._admission, self._metrics, self._tails, record, key.tenant_name)
         try:
-            request = parse_request(
-                api,
-                await self._read_body(http),
-                key=key,
-                request_id=record.request_id,
-                session_id=http.headers.get("x-session-id"),
-            )
-            record.model, record.choices = request.model, request.n
-            record.service_tier = request.service_tier
-            if not key.allows(request.model):
-                raise ModelNotFoundError(request.model)
+            request = await self._accept(api, key, http, record.request_id)
+            record.model = request.model  # a served model's name: never a client's arbitrary string
+            record.choices, record.service_tier = request.n, request.service_tier
             exchange.reservation = await self._admission.admit(request, record.started_at)
             self._meter.start(record)
             exchange.pool = self._router.pool(request.model)
@@ -120,17 +113,38 @@ class ProxyService:
         body = self._body(exchange, request, streamed)
         return RelayResponse(exchange, body, upstream.status, upstream.content_type, streamed)
 
+    async def _accept(self, api: Api, key: ApiKey, http: Request, request_id: str) -> InferenceRequest:
+        """The typed request for a model this key may use and this gateway serves; else the 4xx
+        that refuses it, charged to the key's requests per minute (``Admission.charge_refused``)."""
+        try:
+            request = parse_request(
+                api,
+                await self._read_body(http),
+                key=key,
+                request_id=request_id,
+                session_id=http.headers.get("x-session-id"),
+            )
+            if not key.allows(request.model) or request.model not in self._router.pools:
+                raise ModelNotFoundError(request.model)
+        except InvalidRequestError:
+            await self._admission.charge_refused(key)
+            raise
+        return request
+
     async def _read_body(self, http: Request) -> bytes:
         declared = http.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
             raise self._too_large()
         pieces: list[bytes] = []
         size = 0
-        async for piece in http.stream():
-            size += len(piece)
-            if size > self._max_body_bytes:
-                raise self._too_large()
-            pieces.append(piece)
+        try:
+            async for piece in http.stream():
+                size += len(piece)
+                if size > self._max_body_bytes:
+                    raise self._too_large()
+                pieces.append(piece)
+        except ClientDisconnect:  # gone mid-body, or cut off by the body timeout (a 408 was sent)
+            raise ClientDisconnectedError from None
         return b"".join(pieces)
 
     def _too_large(self) -> PayloadTooLargeError:

@@ -186,12 +186,17 @@ def _transport_of(response: TransportResponse) -> asyncio.WriteTransport | None:
 class UpstreamClient:
     """Sends a prepared body to one endpoint, mapping transport failures onto gateway errors."""
 
-    def __init__(self, transport: UpstreamTransport, first_token_timeout_s: float) -> None:
+    def __init__(
+        self, transport: UpstreamTransport, first_token_timeout_s: float, engine_api_key: str | None = None
+    ) -> None:
         self._transport = transport
         self.first_token_timeout_s = first_token_timeout_s
+        # The key engines are started with (vLLM's --api-key / VLLM_API_KEY): only the gateway
+        # knows it, so a request that reaches an engine port directly is refused.
+        self._auth = {"Authorization": f"Bearer {engine_api_key}"} if engine_api_key else {}
 
     async def post(self, endpoint: Endpoint, path: str, body: bytes, request_id: str) -> UpstreamResponse:
-        headers = {"Content-Type": _JSON, "X-Request-Id": request_id}
+        headers = {"Content-Type": _JSON, "X-Request-Id": request_id, **self._auth}
         try:
             response = await self._transport.post(endpoint.url + path, body, headers)
         except aiohttp.ConnectionTimeoutError:

@@ -149,3 +149,19 @@ async def authorize_admin(
         # Not a usable tenant key either (or, in a database outage, not known to be one).
         raise AuthenticationError("Incorrect admin token provided.") from None
     raise PermissionDeniedError("A tenant API key cannot call the admin API.")
+
+
+def authorize_metrics(authorization: str | None, metrics_token: SecretStr | None, public: bool) -> None:
+    """Let a scrape of /metrics through: with the metrics token when one is set (401 otherwise),
+    else only where internals are public (403: tenant names and engine addresses are not for
+    everyone; production hides them until ``GATEWAY_METRICS_TOKEN`` is set)."""
+    expected = metrics_token.get_secret_value() if metrics_token is not None else ""
+    if expected:
+        if not hmac.compare_digest(bearer_token(authorization).encode(), expected.encode()):
+            raise AuthenticationError("Incorrect metrics token provided.")
+        return
+    if not public:
+        raise PermissionDeniedError(
+            "/metrics is not public here: set GATEWAY_METRICS_TOKEN and scrape with it as a bearer token.",
+            code="metrics_disabled",
+        )

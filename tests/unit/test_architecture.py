@@ -13,7 +13,8 @@ packages' imports form no cycle):
 4. ``serving/`` — the request path: proxy, exchange, relay, upstream client
 5. ``state`` — what the lifespan built
 6. ``api/`` — the routes
-7. ``app``, then ``server``, then ``cli/``
+7. ``app``, then ``server`` and ``connections`` (uvicorn and the bounds on client connections),
+   then ``cli/``
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ LAYERS: list[set[str]] = [
     {"state"},
     {"api"},
     {"app"},
-    {"server"},
+    {"connections", "server"},
     {"cli"},
 ]
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engines.launcher import EngineLauncher, EngineStartError, build_commands
 from engines.models import ModelSourceError, resolve_model_source
+from gateway.app import create_app
 from gateway.config.pools import DeploymentSpec, PoolSpec, load_spec
+from gateway.settings import Settings
+from gateway.tenancy.auth import generate_key
 from tests.support.processes import REPO, free_port
 
 
@@ -105,5 +110,67 @@ async def test_engine_that_exits_while_starting_is_reported_with_its_log(tmp_pat
         with pytest.raises(EngineStartError, match="exited with status 2") as raised:
             await launcher.wait_ready(30)
         assert "failure_rate" in str(raised.value)
+    finally:
+        await launcher.stop()
+
+
+def test_a_pool_may_not_move_its_engines_off_loopback_or_set_their_key_quietly() -> None:
+    """A pool's vllm_args came after the launcher's --host: ``--host 0.0.0.0`` silently exposed
+    an engine that answers anyone."""
+    for args in (["--host", "0.0.0.0"], ["--host=0.0.0.0"]):
+        with pytest.raises(ValueError, match="allow_host_override"):
+            PoolSpec(served_name="x", vllm_args=args)
+    opted_in = PoolSpec(served_name="x", vllm_args=["--host", "0.0.0.0"], allow_host_override=True)
+    assert opted_in.overrides_host
+    with pytest.raises(ValueError, match="GATEWAY_ENGINE_API_KEY"):
+        PoolSpec(served_name="x", vllm_args=["--api-key", "mine"])
+    with pytest.raises(ValueError, match="GATEWAY_ENGINE_API_KEY"):
+        PoolSpec(served_name="x", env={"VLLM_API_KEY": "mine"})
+
+
+def test_the_api_key_reaches_each_engine_in_its_environment_not_its_command_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = load_spec(REPO / "configs" / "gpu-llama.yaml")
+    commands = build_commands(spec, tmp_path, python="py", api_key="engine-key-1")
+    assert all(c.env["VLLM_API_KEY"] == "engine-key-1" for c in commands)
+    assert not any("engine-key-1" in arg for c in commands for arg in c.argv)
+    build_commands(spec, tmp_path, python="py")
+    assert "engines start without an API key" in caplog.text
+    exposed = PoolSpec(served_name="x", model="/m", vllm_args=["--host=0.0.0.0"], allow_host_override=True)
+    build_commands(DeploymentSpec(pools=[exposed]), tmp_path, api_key="k")
+    assert "x: vllm_args override --host (allow_host_override)" in caplog.text
+
+
+async def test_an_engine_port_refuses_requests_without_the_gateways_key(tmp_path: Path) -> None:
+    """Anything that reached an engine port bypassed keys, limits and the ledger (a direct
+    request got 200, and /v1/models told the model's path)."""
+    spec = _sim_spec()
+    key = secrets.token_urlsafe(32)
+    launcher = EngineLauncher(spec, tmp_path, tmp_path / "logs", api_key=key)
+    await launcher.start()
+    try:
+        await launcher.wait_ready(30)
+        (url,) = spec.pools[0].endpoint_urls()
+        chat = {"model": "sim", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        async with httpx.AsyncClient(base_url=url) as engine:
+            assert (await engine.get("/v1/models")).status_code == 401
+            assert (await engine.post("/v1/chat/completions", json=chat)).status_code == 401
+            wrong = {"Authorization": "Bearer not-the-key"}
+            assert (await engine.post("/v1/chat/completions", json=chat, headers=wrong)).status_code == 401
+            assert (await engine.get("/health")).status_code == 200  # probes need no key
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path / 'g.db'}", data_dir=tmp_path, engine_api_key=key
+        )
+        app = create_app(settings, DeploymentSpec(pools=[PoolSpec(served_name="sim", endpoints=[url])]))
+        async with app.router.lifespan_context(app):
+            await app.state.gateway.store.create_tenant("acme")
+            new = generate_key()
+            await app.state.gateway.store.create_key("acme", new.key_hash, new.prefix, None, None)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://g") as gw:
+                through = await gw.post(
+                    "/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {new.secret}"}
+                )
+        assert through.status_code == 200
     finally:
         await launcher.stop()

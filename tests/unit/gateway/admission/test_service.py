@@ -101,3 +101,18 @@ async def test_tpm_and_budgets_count_cached_prompt_tokens_but_the_cost_is_discou
         await gate.admit(asking(691), clock())
     assert refused.value.reason == "tokens"
     assert await gate.admit(asking(690), clock()) is not None
+
+
+async def test_a_refused_request_takes_only_a_request_per_minute() -> None:
+    """Junk the edge refuses (bad JSON, a model the key may not use) still meets rpm, and nothing
+    else: no tokens, no concurrency slot, nothing to settle."""
+    limited = admission(LimitSpec(rpm=2, tpm=100, max_concurrent=1))
+    await limited.charge_refused(KEY)
+    request = typed_request(Api.chat, {"messages": MESSAGES, "max_tokens": 1})
+    reservation = await limited.admit(request, started_at=1.0)  # the slot and the tokens are all there
+    assert reservation is not None and reservation.state.requests is not None
+    assert reservation.state.requests.remaining == 0
+    with pytest.raises(LimitExceeded) as refused:
+        await limited.charge_refused(KEY)
+    assert refused.value.reason == "requests"
+    await admission(None).charge_refused(KEY)  # unlimited: nothing to charge

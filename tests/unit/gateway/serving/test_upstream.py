@@ -121,3 +121,12 @@ async def test_read_is_the_whole_body_and_close_and_release_reach_the_transport(
     second.close()
     second.close()  # idempotent, as aiohttp's
     assert [(r.released, r.closed) for r in upstream.responses] == [(True, False), (False, True)]
+
+
+async def test_the_engine_api_key_goes_with_every_request() -> None:
+    """Engines take only the key the gateway was given, so their ports are no side door."""
+    fake = FakeUpstream(in_order(Reply(200, b"{}")))
+    client = UpstreamClient(fake, first_token_timeout_s=1.0, engine_api_key="engine-key-123")
+    await client.post(ENDPOINT, "/v1/completions", b"{}", "req_8")
+    (sent,) = fake.requests
+    assert sent.headers["Authorization"] == "Bearer engine-key-123"
