@@ -108,7 +108,8 @@ class GatewayMetrics:
         )
         self.queue_rejected = self._counter(
             "gateway_queue_rejected",
-            "Requests refused by a saturated pool's queue, by model and reason (tenant_full, full, timeout).",
+            "Requests refused by a pool's queue, by model and reason (tenant_full, full, timeout; "
+            "no_engine: held while no engine was up, and none came back in time).",
             "model",
             "reason",
         )
