@@ -111,14 +111,14 @@ async def _open_state(
     spec, prices, defaults = configs.spec, configs.prices, configs.default_limits
     counters = build_counters(spec, settings.data_dir)
     journal, leftovers, store = await _open_storage(stack, settings, store)
-    session = create_session()
+    session = create_session(settings.upstream_keepalive_s)
     stack.push_async_callback(session.close)
     metrics = GatewayMetrics()
     limiter = _limiter(settings, metrics)
     stack.push_async_callback(limiter.aclose)
     admission = Admission(limiter, counters, prices, defaults, metrics, settings.default_max_tokens)
     stack.push_async_callback(admission.wait_settled)  # settlements in flight, before the limiter closes
-    router = Router.from_spec(spec, metrics, clock)
+    router = Router.from_spec(spec, metrics, clock, settings.no_engine_wait_s)
     drains = Drains(
         create_drain_board(settings.redis_url, settings.redis_prefix), router, settings.drain_sync_interval_s
     )
@@ -133,6 +133,7 @@ async def _open_state(
     _recover(journal, meter, leftovers)
     health = _health_checker(settings, router, session, metrics, clock)
     transport = AiohttpTransport(session, settings.connect_timeout_s, settings.request_timeout_s)
+    stack.push_async_callback(transport.aclose)
     engine_key = settings.engine_api_key.get_secret_value() if settings.engine_api_key else None
     upstream = UpstreamClient(transport, settings.first_token_timeout_s, engine_key)
     return GatewayState(

@@ -97,6 +97,13 @@ class GatewayMetrics:
         self.ledger_failures = self._counter(
             "gateway_ledger_write_failures", "Ledger batch writes that failed and were retried."
         )
+        self.ledger_backlog = self._gauge(
+            "gateway_ledger_backlog_rows", "Usage rows journaled and waiting to be written to the database."
+        )
+        self.ledger_backlog_age = self._gauge(
+            "gateway_ledger_backlog_age_seconds",
+            "How long the oldest usage row waiting for the database has waited (0: none waits).",
+        )
 
     def _add_queues_metrics(self) -> None:
         """Saturated pools' fair queues."""
@@ -110,7 +117,8 @@ class GatewayMetrics:
         )
         self.queue_rejected = self._counter(
             "gateway_queue_rejected",
-            "Requests refused by a saturated pool's queue, by model and reason (tenant_full, full, timeout).",
+            "Requests refused by a pool's queue, by model and reason (tenant_full, full, timeout; "
+            "no_engine: held while no engine was up, and none came back in time).",
             "model",
             "reason",
         )

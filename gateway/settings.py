@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     # made (metered: the engine counted it). Engines stop within milliseconds; this is a bound.
     abort_drain_s: float = Field(default=1.0, gt=0, le=30)
     request_timeout_s: float = Field(default=600.0, gt=0)
+    # How long an idle pooled connection to an engine is kept: below the engine's own keep-alive
+    # (uvicorn's, under vLLM: 5 s), so the gateway never sends on one the engine is closing.
+    upstream_keepalive_s: float = Field(default=4.0, gt=0)
+    # While every engine of a model is down but expected back (restarting, draining, ejected,
+    # failing health checks), requests that have not started wait this long for one before a 503
+    # with Retry-After (0: answer 503 at once).
+    no_engine_wait_s: float = Field(default=30.0, ge=0)
     # Passive ejection (gateway/routing/health.py): failed requests in a row, first cool-down, longest.
     eject_after_failures: int = Field(default=5, ge=1)
     eject_cooldown_s: float = Field(default=10.0, gt=0)

@@ -22,7 +22,9 @@ async def health(state: StateDep, scope: Literal["engines", "gateway"] = "engine
     ``scope=gateway``, for a readiness probe: 200 while this process serves, whatever its engines
     do (taking every gateway pod out of its Service because one model's engines are down would
     stop all models); 503 while a critical background task (the ledger writer, the health checks)
-    has crashed and not yet recovered, named in ``critical_tasks_down``.
+    has crashed and not yet recovered, named in ``critical_tasks_down``. While the database refuses
+    ledger writes the status is ``degraded: ledger spooling`` (still 200: the rows wait in the
+    journal, and every replica shares the database, so leaving the Service would help nobody).
     """
     models = {
         name: {"healthy": sum(e.healthy for e in pool.endpoints), "total": len(pool.endpoints)}
@@ -35,6 +37,10 @@ async def health(state: StateDep, scope: Literal["engines", "gateway"] = "engine
         down = state.supervisor.critical_down()
         status_code = 503 if down else 200
         body["critical_tasks_down"] = down
+        ledger = state.ledger
+        if ledger.spooling:  # the database refuses rows: they wait in the journal, nothing is lost
+            backlog = {"rows": ledger.backlog_rows, "age_s": round(ledger.backlog_age_s(), 1)}
+            body |= {"status": "degraded: ledger spooling", "ledger_backlog": backlog}
     if not state.settings.internals_public:  # production: up or down, not what is served or broken
         body = {"status": body["status"]}
     return JSONResponse(body, status_code=status_code)

@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from engines.launcher import EngineLauncher
+from engines.launcher import EngineLauncher, EngineStartError
 from gateway.app import create_app
 from gateway.config.pools import DeploymentSpec, load_spec
 from gateway.connections import raise_open_file_limit
@@ -35,21 +35,22 @@ def _progress(line: str) -> None:
 
 class RouterDrain:
     """The launcher's drain hook for the gateway in this process: before an engine restarts on
-    purpose (``kill -HUP``), no new request is routed to it; afterwards it is back in service."""
+    purpose (``kill -HUP``) or once it has died, no new request is routed to it (requests wait
+    for it when it was a model's only one); once it serves again it is checked and back in
+    service at once, not at the next health round."""
 
     def __init__(self, app: FastAPI) -> None:
         self._app = app
 
     async def drain(self, url: str) -> None:
-        self._set(url, True)
-
-    async def resume(self, url: str) -> None:
-        self._set(url, False)
-
-    def _set(self, url: str, draining: bool) -> None:
         state = getattr(self._app.state, "gateway", None)  # None until the lifespan has started
         if state is not None:
-            state.router.set_draining(url, draining)
+            state.router.set_draining(url, True)
+
+    async def resume(self, url: str) -> None:
+        state = getattr(self._app.state, "gateway", None)
+        if state is not None:
+            await state.health.check(state.router.set_draining(url, False))
 
 
 async def create_demo_key(settings: Settings, tenant: str, models: frozenset[str]) -> str:
@@ -125,6 +126,9 @@ async def run_embedded(settings: Settings, demo_tenant: str) -> int:
         if not stopping.is_set():
             raise
         return 130  # interrupted while the engines were loading
+    except EngineStartError as exc:  # e.g. a port taken by an engine an earlier run left behind
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
     finally:
         if supervisor is not None:
             supervisor.cancel()

@@ -32,7 +32,8 @@ class ReplicaSpec(BaseModel):
 
 
 class QueueSpec(BaseModel):
-    """Bounds of a pool's fair queue (used only when ``max_inflight_per_engine`` is set)."""
+    """Bounds of a pool's fair queue: requests waiting for a saturated engine (with
+    ``max_inflight_per_engine``), or for an engine to come back (``GATEWAY_NO_ENGINE_WAIT_S``)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -164,7 +164,8 @@ class ProxyService:
     ) -> UpstreamResponse:
         """Send to the best engine. An engine that cannot be reached, that breaks off, or that
         answers 5xx before anything reached the client, is skipped for another; with none left,
-        the last 5xx is answered with its status and message (504 if connections timed out)."""
+        the last 5xx is answered with its status and message (504 if connections timed out).
+        While no engine is up but one is expected back, ``pool.acquire`` holds the request."""
         key = affinity_key(request) if pool.policy.wants_key else None
         tenant = request.key.tenant_name
         tried: list[Endpoint] = []
@@ -186,8 +187,10 @@ class ProxyService:
                 upstream = await self._attempt(endpoint, request, exchange)
             except EngineUnreachableError as exc:
                 record.endpoint = ""  # it never had the request
-                pool.release(endpoint, tenant)
-                self._health.mark(endpoint, False)
+                try:
+                    await self._health.unreachable(endpoint)  # the verdict before its slot is passed on
+                finally:
+                    pool.release(endpoint, tenant)
                 timed_out = timed_out or isinstance(exc, EngineConnectTimeoutError)
                 continue
             except BaseException:

@@ -17,13 +17,13 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from gateway.limit_spec import LimitSpec
 from gateway.records import ApiKey, Tenant, TenantStatus, UsageGroup, UsageRecord
 from gateway.store.base import UNSET, ConflictError, GroupBy, NotFoundError, StoreError, _Unset
 from gateway.store.postgres_events import PostgresEventLog
 from gateway.store.postgres_ledger import insert_usage_rows
+from gateway.store.postgres_pool import ConnectionSource
 from gateway.store.postgres_reconcile import PostgresReconcile
 from gateway.store.postgres_schema import Connection, migrate
 from gateway.store.rows import (
@@ -103,9 +103,10 @@ class PostgresStore(PostgresReconcile):
 
     def __init__(self, database_url: str, pool_size: int = 4, timeout_s: float = 10.0) -> None:
         self._conninfo = conninfo(database_url)
-        self._pool_size = pool_size
         self._timeout_s = timeout_s  # to connect, and to wait for a free pooled connection
-        self._pool: AsyncConnectionPool[Connection] | None = None
+        # Pooled connections; after an outage a fresh pool within a second of the database's return.
+        self._source = ConnectionSource(self._conninfo, pool_size, timeout_s)
+        self._open = False
         self.events = PostgresEventLog(self._connection)
 
     @classmethod
@@ -121,35 +122,21 @@ class PostgresStore(PostgresReconcile):
             )
             async with connection:
                 await migrate(connection)
-            pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
-                self._conninfo,
-                min_size=1,
-                max_size=self._pool_size,
-                timeout=self._timeout_s,
-                kwargs={"autocommit": True},
-                open=False,
-                name="gateway-store",
-            )
-            try:
-                await pool.open(wait=True, timeout=self._timeout_s)
-            except BaseException:
-                await pool.close()
-                raise
-        self._pool = pool
+            await self._source.open()
+        self._open = True
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        self._open = False
+        await self._source.close()
 
     @asynccontextmanager
     async def _connection(self, transaction: bool = True) -> AsyncIterator[Connection]:
         """A pooled connection, in a transaction (committed on success, else rolled back) unless
         the caller runs a single statement: one round trip instead of three in autocommit mode."""
-        if self._pool is None:
+        if not self._open:
             raise StoreError("store is not open")
         with _translated_errors():
-            async with self._pool.connection() as conn:
+            async with self._source.connection() as conn:
                 if not transaction:
                     yield conn
                     return

@@ -26,6 +26,8 @@ _DISPLAY_CHARS = len(KEY_PREFIX) + 6
 _MAX_NEGATIVE_ENTRIES = 10_000
 # After a failed lookup, known keys are answered from the cache for this long without retrying.
 _STORE_RETRY_S = 1.0
+# What a caller refused during a database outage (a key never seen) is told to wait.
+STORE_RETRY_AFTER_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ class Authenticator:
             if cached is not None:  # a key seen before keeps working as it was (expiry still checked)
                 return cached[0]
             raise StoreUnavailableError(
-                "The service cannot verify API keys right now; retry shortly."
+                "The service cannot verify API keys right now; retry shortly.", STORE_RETRY_AFTER_S
             ) from exc
         finally:
             self._refreshing.discard(digest)

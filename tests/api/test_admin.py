@@ -436,6 +436,7 @@ async def test_engines_are_listed_and_can_be_drained_and_resumed(gateway: Gatewa
     )
     assert drained.status_code == 200 and drained.json()["data"][0]["draining"] is True
     secret, _ = await gateway.new_key("drained")
+    gateway.state.router.pool(SIM_MODEL).no_engine_wait_s = 0  # refused at once, not held until resumed
     body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     refused = await gateway.client.post(
         "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}

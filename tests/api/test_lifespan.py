@@ -73,8 +73,8 @@ async def test_a_failed_first_health_check_closes_everything_opened_before_it(
     sessions: list[aiohttp.ClientSession] = []
     create_session = gateway.app.create_session
 
-    def recorded_session() -> aiohttp.ClientSession:
-        sessions.append(create_session())
+    def recorded_session(keepalive_timeout_s: float | None = 4.0) -> aiohttp.ClientSession:
+        sessions.append(create_session(keepalive_timeout_s))
         return sessions[-1]
 
     async def check_all(self: HealthChecker) -> None:

@@ -6,13 +6,17 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from engines.launcher import EngineLauncher, EngineStartError, build_commands
+from engines.launcher import EngineLauncher, EngineStartError, PortTakenError, build_commands
 from engines.models import ModelSourceError, resolve_model_source
+from engines.process import port_taken
 from gateway.app import create_app
 from gateway.config.pools import DeploymentSpec, PoolSpec, load_spec
 from gateway.settings import Settings
@@ -174,3 +178,82 @@ async def test_an_engine_port_refuses_requests_without_the_gateways_key(tmp_path
         assert through.status_code == 200
     finally:
         await launcher.stop()
+
+
+def test_a_port_someone_listens_on_is_taken_and_a_closed_one_is_free() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert port_taken("127.0.0.1", port)
+    assert not port_taken("127.0.0.1", port)
+
+
+async def test_a_start_on_a_taken_port_refuses_and_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        spec = DeploymentSpec(
+            pools=[PoolSpec(served_name="sim", engine="sim", base_port=listener.getsockname()[1])]
+        )
+        launcher = EngineLauncher(spec, tmp_path, tmp_path / "logs")
+        with pytest.raises(PortTakenError, match="is taken by another process"):
+            await launcher.start()
+        assert launcher.engines == []
+
+
+_LAUNCHER = """
+import asyncio, sys
+from pathlib import Path
+from engines.launcher import EngineLauncher
+from gateway.config.pools import DeploymentSpec, PoolSpec
+
+async def main() -> None:
+    pool = PoolSpec(served_name="sim", engine="sim", base_port=int(sys.argv[1]))
+    launcher = EngineLauncher(DeploymentSpec(pools=[pool]), Path(sys.argv[2]), Path(sys.argv[2]) / "logs")
+    await launcher.start()
+    await launcher.wait_ready(60)
+    print(launcher.engines[0].process.pid, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # exited, not yet reaped by whoever adopted it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_an_engine_dies_with_a_launcher_killed_with_sigkill(tmp_path: Path) -> None:
+    port = free_port()
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, str(port), str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    engine_pid = 0
+    try:
+        assert launcher.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(launcher.stdout.readline), 60)
+        engine_pid = int(line)
+        assert not _gone(engine_pid)
+        os.kill(launcher.pid, signal.SIGKILL)  # no cleanup runs in the launcher
+        launcher.wait(10)
+        for _ in range(100):
+            if _gone(engine_pid) and not port_taken("127.0.0.1", port):
+                break
+            await asyncio.sleep(0.1)
+        assert _gone(engine_pid), "the engine outlived its launcher"
+        assert not port_taken("127.0.0.1", port)  # a next start finds its port free
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(10)
+        if engine_pid and not _gone(engine_pid):
+            os.killpg(engine_pid, signal.SIGKILL)

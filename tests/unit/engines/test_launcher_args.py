@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.launcher import PROMPT_TOKENS_DETAILS, build_commands
+from engines.commands import PROMPT_TOKENS_DETAILS, build_commands
 from gateway.config.pools import DeploymentSpec, PoolSpec, load_spec
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
