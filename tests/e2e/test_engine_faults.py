@@ -101,7 +101,9 @@ def test_requests_wait_for_a_restarting_engine_instead_of_getting_503(tmp_path: 
     port = free_port()
     engine = start_engine(tmp_path, port)
     pool = PoolSpec(served_name=MODEL, endpoints=[f"http://127.0.0.1:{port}"])
-    proc, gateway = start_gateway(tmp_path, [pool], {"GATEWAY_NO_ENGINE_WAIT_S": "30"})
+    (tmp_path / "no-limits.yaml").write_text("defaults:\n")  # 20 requests/s: past the default rpm
+    no_defaults = {"GATEWAY_LIMITS_PATH": str(tmp_path / "no-limits.yaml")}
+    proc, gateway = start_gateway(tmp_path, [pool], {"GATEWAY_NO_ENGINE_WAIT_S": "30", **no_defaults})
     restarted: Process | None = None
     try:
         key = gateway.new_key("restart")

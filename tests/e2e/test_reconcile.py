@@ -60,7 +60,9 @@ async def cut_before_answer(url: str, key: str) -> None:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=0.3)) as client:
         with pytest.raises(httpx.ReadTimeout):
-            await client.post(f"{url}/v1/chat/completions", json=body(False, 400), headers=headers)
+            # Long enough that no CPU engine answers within the client's 0.3 s.
+            long = body(False, 4000) | {"ignore_eos": True}
+            await client.post(f"{url}/v1/chat/completions", json=long, headers=headers)
 
 
 async def drive(gateways: list[GatewayProcess], key: str) -> None:
