@@ -16,6 +16,7 @@ from gateway.admission.limits import Limiter, create_limiter
 from gateway.admission.service import Admission
 from gateway.admission.tokens import build_counters
 from gateway.api import admin, openai, ops, usage
+from gateway.api.docs import install_openapi
 from gateway.api.errors import install_error_handlers
 from gateway.billing.events import UsageEventFeed
 from gateway.billing.outbox import RetryBackoff, WebhookOutbox
@@ -94,6 +95,7 @@ def create_app(
     app.include_router(usage.router)
     app.include_router(admin.router)
     install_error_handlers(app)
+    install_openapi(app)
     return app
 
 

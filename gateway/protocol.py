@@ -53,6 +53,64 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
+class ResponsesRequest(BaseModel):
+    """``POST /v1/responses``. Nothing is stored: ``previous_response_id`` and ``background`` are
+    refused at the edge (README, "Responses API"); ``store`` is accepted and has no effect."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    stream: bool | None = False
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    user: str | None = None
+
+
+# The roles OpenAI's chat API takes; any other is refused at the edge.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+# vLLM's own request fields that reach past the request into the engine's operation: its
+# scheduling priority, its request ids, KV-cache transfer between engines, Jinja templates and raw
+# tensors it would execute or load, custom logits processors' arguments, media fetching. Refused
+# with 400; vLLM's sampling and output extensions (README, "Engine extensions") pass through.
+ENGINE_ONLY_FIELDS = frozenset(
+    {
+        "chat_template",
+        "ec_transfer_params",
+        "kv_transfer_params",
+        "logits_processors",
+        "media_io_kwargs",
+        "mm_payload",
+        "mm_processor_kwargs",
+        "priority",
+        "prompt_embeds",
+        "request_id",
+        "return_mm_kwargs",
+        "routed_experts_prompt_start",
+        "session_id",
+        "vllm_xargs",
+    }
+)
+# Responses API fields that need state the engines keep per process (or not at all).
+STATEFUL_RESPONSES_FIELDS = ("previous_response_id", "background")
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway answers with, in OpenAI's shape."""
+
+    error: ErrorInfo
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

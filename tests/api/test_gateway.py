@@ -173,7 +173,7 @@ async def test_revoked_and_expired_keys_get_401(gateway: Gateway) -> None:
     [
         (b"{not json", 400, None, None),
         (b"[1, 2]", 400, None, None),
-        (orjson.dumps({"model": SIM_MODEL}), 400, "messages", "invalid_value"),
+        (orjson.dumps({"model": SIM_MODEL}), 400, "messages", "missing_required_parameter"),
         (
             orjson.dumps({"model": SIM_MODEL, "messages": [], "max_tokens": 1}),
             400,

@@ -91,7 +91,7 @@ def test_chat_messages_are_typed_and_keep_what_a_template_may_read() -> None:
             "content": [{"type": "text", "text": "42"}, {"type": "image_url"}],
             "tool_call_id": "c1",
         },
-        {"content": "no role", "name": 7},
+        {"role": "user", "content": "a name that is not a string", "name": 7},
     ]
     tools = [{"type": "function", "function": {"name": "f"}}]
     body = {"messages": messages, "tools": tools, "chat_template_kwargs": {"think": True}}
@@ -101,7 +101,7 @@ def test_chat_messages_are_typed_and_keep_what_a_template_may_read() -> None:
         ChatMessage(role="system", text="Be brief.", name="ops", sent=messages[0]),
         ChatMessage(role="assistant", text="", sent=messages[1]),
         ChatMessage(role="tool", text="42", sent=messages[2]),
-        ChatMessage(role="", text="no role", sent=messages[3]),
+        ChatMessage(role="user", text="a name that is not a string", sent=messages[3]),
     )
     assert chat.messages[1].sent["tool_calls"] == [tool_call]
     assert chat.opening(2) == chat.messages[:2]
@@ -180,7 +180,8 @@ def test_invalid_bodies_name_the_parameter(
 ) -> None:
     with pytest.raises(InvalidRequestError) as info:
         parse_request(api, orjson.dumps(body), key=KEY, request_id="req_1")
-    assert (info.value.param, info.value.code, info.value.status_code) == (param, "invalid_value", 400)
+    code = "missing_required_parameter" if message and message.startswith("Missing") else "invalid_value"
+    assert (info.value.param, info.value.code, info.value.status_code) == (param, code, 400)
     assert info.value.message == message or info.value.message.startswith(f"Invalid value for '{param}': ")
 
 

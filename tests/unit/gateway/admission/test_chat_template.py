@@ -91,7 +91,12 @@ def test_generation_tags_loop_controls_and_sandbox() -> None:
         "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
         "{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}{{ strftime_now('%Y') | length }}"
     )
-    assert render_chat(template, chat(messages=[{"content": "a"}, {"content": "b"}]), {}) == "a4"
+    assert (
+        render_chat(
+            template, chat(messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]), {}
+        )
+        == "a4"
+    )
     mutating = compile_template("{% set x = messages.append(1) %}{{ messages | length }}")
     with pytest.raises(ChatTemplateError):  # immutable sandbox: a template cannot change the request
         render_chat(mutating, ChatPrompt(sent=()), {})
