@@ -118,6 +118,7 @@ async def _open_state(
     admission = Admission(limiter, counters, prices, defaults, metrics, settings.default_max_tokens)
     stack.push_async_callback(admission.wait_settled)  # settlements in flight, before the limiter closes
     router = Router.from_spec(spec, metrics, clock)
+    metrics.seed_models(router.pools)
     drains = Drains(
         create_drain_board(settings.redis_url, settings.redis_prefix), router, settings.drain_sync_interval_s
     )

@@ -60,6 +60,7 @@ class LedgerWriter:
     async def flush(self) -> None:
         async with self._flushing:
             await self._flush_pending()
+        self._metrics.ledger_pending.set(len(self._pending))
 
     async def _flush_pending(self) -> None:
         while self._pending:
@@ -120,7 +121,9 @@ class Meter:
             record.cost_pico = price.cost_pico(record.prompt_tokens, record.completion_tokens)
             record.price_version = price.version
 
-    def finish(self, record: UsageRecord, tenant_name: str, duration_s: float) -> None:
+    def finish(
+        self, record: UsageRecord, tenant_name: str, duration_s: float, *, streamed: bool = True
+    ) -> None:
         self.price(record)
         model_label = record.model if record.model in self._known_models else UNKNOWN
         self._metrics.observe_request(
@@ -131,6 +134,8 @@ class Meter:
             record.completion_tokens,
             duration_s,
             record.ttft_s,
+            streamed,
+            record.cost_pico,
         )
         self.record(record)
 

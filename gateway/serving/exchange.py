@@ -107,7 +107,8 @@ class Exchange:
         record.cached_tokens = min(tracker.cached_tokens, tracker.prompt_tokens)
         record.ttft_s = tracker.ttft_s
         record.ended_at = time.time()
-        self._meter.finish(record, self._tenant_name, time.perf_counter() - self._t0)
+        streamed = self.splitter is not None
+        self._meter.finish(record, self._tenant_name, time.perf_counter() - self._t0, streamed=streamed)
         if self.reservation is not None:
             self._admission.settle(self.reservation, record)
 
