@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,7 @@ _RENDERERS = {"json": render_json, "csv": render_csv, "table": render_table}
 
 
 async def _usage_report(args: argparse.Namespace, settings: Settings, store: Store) -> int:
-    period = ReportPeriod.parse(args.from_, args.to)
+    period = ReportPeriod.parse_or_month_to_date(args.from_, args.to, time.time())
     currency = load_prices(settings.prices_path).currency if settings.prices_path is not None else "USD"
     reporter = UsageReporter(store, currency)
     report = await reporter.report(args.tenant, period, args.group_by)
@@ -305,8 +306,10 @@ def _add_usage_commands(commands: Any) -> None:
     usage = commands.add_parser("usage", help="usage reports").add_subparsers(dest="action", required=True)
     report = usage.add_parser("report", help="totals per day, model or key from the ledger")
     report.add_argument("--tenant", help="default: every tenant")
-    report.add_argument("--from", dest="from_", required=True, help="first UTC day (YYYY-MM-DD), included")
-    report.add_argument("--to", required=True, help="last UTC day (YYYY-MM-DD), included")
+    report.add_argument(
+        "--from", dest="from_", help="first UTC day (YYYY-MM-DD), included; default: 1st of the month"
+    )
+    report.add_argument("--to", help="last UTC day (YYYY-MM-DD), included; default: today")
     report.add_argument("--group-by", choices=("day", "model", "key"), default="day")
     report.add_argument("--format", choices=sorted(_RENDERERS), default="table")
     report.add_argument("--chart", type=Path, help="also write an HTML chart per day and model here")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from gateway.admission.service import Admission
@@ -42,6 +43,8 @@ from gateway.serving.upstream import (
     UpstreamClient,
     UpstreamResponse,
 )
+
+logger = logging.getLogger(__name__)
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -126,11 +129,17 @@ class ProxyService:
             raise self._too_large()
         pieces: list[bytes] = []
         size = 0
-        async for piece in http.stream():
-            size += len(piece)
-            if size > self._max_body_bytes:
-                raise self._too_large()
-            pieces.append(piece)
+        try:
+            async for piece in http.stream():
+                size += len(piece)
+                if size > self._max_body_bytes:
+                    raise self._too_large()
+                pieces.append(piece)
+        except ClientDisconnect:
+            # A client that gives up mid-upload is an ordinary event, not a server error: it is
+            # metered as aborted (499) and counted in gateway_requests_total like any other.
+            logger.info("client disconnected while sending its request body (%d bytes read)", size)
+            raise ClientDisconnectedError from None
         return b"".join(pieces)
 
     def _too_large(self) -> PayloadTooLargeError:

@@ -172,3 +172,13 @@ async def test_report_totals_reconcile_with_random_ledger_rows(store: SqliteStor
     daily = await reporter.daily_by_model("acme", period)
     assert sum(daily.cost_pico.values()) == sum(r.cost_pico for r in mine)
     assert sum(daily.tokens.values()) == sum(r.prompt_tokens + r.completion_tokens for r in mine)
+
+
+def test_a_period_left_out_is_the_month_to_date() -> None:
+    now = dt.datetime(2026, 11, 17, 23, 59, tzinfo=dt.UTC).timestamp()
+    period = ReportPeriod.parse_or_month_to_date(None, None, now)
+    assert (period.first.isoformat(), period.last.isoformat()) == ("2026-11-01", "2026-11-17")
+    period = ReportPeriod.parse_or_month_to_date(None, "2026-02-10", now)
+    assert (period.first.isoformat(), period.last.isoformat()) == ("2026-02-01", "2026-02-10")
+    period = ReportPeriod.parse_or_month_to_date("2026-10-30", None, now)
+    assert (period.first.isoformat(), period.last.isoformat()) == ("2026-10-30", "2026-11-17")
