@@ -1,25 +1,31 @@
 """``gateway up``: the embedded default on one machine.
 
-Builds the tiny model if missing, starts the CPU vLLM engine(s) of the pool spec, starts the
-gateway on SQLite, creates a demo tenant and key, and prints how to call it.
+Checks that its ports are free, builds the tiny model if missing, starts the CPU vLLM engine(s)
+of the pool spec, starts the gateway on SQLite, gives the demo tenant its key (the same one
+across restarts) and prints how to call it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
+import time
 
 import uvicorn
 from fastapi import FastAPI
 
 from engines.launcher import EngineLauncher
 from gateway.app import create_app
+from gateway.cli.datadir import remember
+from gateway.config.loader import ConfigError
 from gateway.config.pools import DeploymentSpec, load_spec
 from gateway.errors import ResourceConflictError
 from gateway.server import freeze_startup_objects, uvicorn_config
 from gateway.settings import Settings
 from gateway.store import create_store
+from gateway.tenancy.auth import hash_key
 from gateway.tenancy.service import TenancyService
 
 ENGINE_START_TIMEOUT_S = 900.0
@@ -49,8 +55,17 @@ class RouterDrain:
             state.router.set_draining(url, draining)
 
 
-async def create_demo_key(settings: Settings, tenant: str, models: frozenset[str]) -> str:
-    """A fresh key for the demo tenant (created on first use); returns the secret."""
+DEMO_KEY_FILE = "demo-key"  # in the data directory: the demo tenant's key, reused across runs
+
+
+async def demo_key(settings: Settings, tenant: str, models: frozenset[str]) -> tuple[str, bool]:
+    """The demo tenant's key and whether it is the one of an earlier run.
+
+    The secret is kept in ``data_dir/demo-key`` (mode 0600, like an SSH key): a restart prints
+    the same key, so snippets pasted earlier keep working. When that key no longer works (revoked,
+    expired, another database), the demo tenant's keys are revoked and one new key replaces them.
+    """
+    path = settings.data_dir / DEMO_KEY_FILE
     store = create_store(settings.database_url)
     await store.open()
     try:
@@ -59,18 +74,77 @@ async def create_demo_key(settings: Settings, tenant: str, models: frozenset[str
             await tenancy.create_tenant(tenant)
         except ResourceConflictError:
             pass  # exists from an earlier run
-        return (await tenancy.create_key(tenant, models)).secret
+        saved = path.read_text().strip() if path.exists() else ""
+        if saved:
+            key = await store.get_key_by_hash(hash_key(saved))
+            if key is not None and key.tenant_name == tenant and key.usable_at(time.time()):
+                return saved, True
+        for old in await tenancy.list_keys(tenant):
+            if old.revoked_at is None:
+                await tenancy.revoke_key(old.id)
+        secret = (await tenancy.create_key(tenant, models)).secret
     finally:
         await store.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # the secret, readable by its owner only
+    path.write_text(secret + "\n")
+    return secret, False
 
 
-def banner(settings: Settings, spec: DeploymentSpec, secret: str) -> str:
+def with_engine_base_port(spec: DeploymentSpec, base_port: int) -> DeploymentSpec:
+    """The spec with its launched engines moved to start at ``base_port`` (their spacing kept)."""
+    launched = [p for p in spec.pools if p.launched]
+    if not launched:
+        return spec
+    shift = base_port - min(p.base_port for p in launched)
+    pools = [p.model_copy(update={"base_port": p.base_port + shift}) if p.launched else p for p in spec.pools]
+    return DeploymentSpec.model_validate({"pools": [p.model_dump() for p in pools]})
+
+
+def busy_port(host: str, port: int) -> bool:
+    """Whether something already listens on ``host:port`` (binding it fails)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(settings: Settings, spec: DeploymentSpec) -> None:
+    """One ``ConfigError`` line naming a busy port and the flag that moves it, before anything starts."""
+    if busy_port(settings.host, settings.port):
+        raise ConfigError(
+            f"port {settings.port} on {settings.host} is in use: start the gateway on another one with "
+            f"`gateway up --port {settings.port + 1}` (or GATEWAY_PORT)"
+        )
+    for pool in (p for p in spec.pools if p.launched):
+        for port in pool.ports():
+            if busy_port(pool.host, port):
+                raise ConfigError(
+                    f"engine port {port} ({pool.served_name}) on {pool.host} is in use (another engine or "
+                    f"`gateway up`?): move the engines with `gateway up --engine-base-port {port + 100}`"
+                )
+
+
+def banner(settings: Settings, spec: DeploymentSpec, secret: str, reused: bool = False) -> str:
     base = f"http://{settings.host}:{settings.port}/v1"
     python = sys.executable  # the interpreter that has the openai SDK installed
     model = spec.pools[0].served_name
+    data = settings.data_dir.resolve()
+    kept = "the same key as last time" if reused else "a new key"
+    admin = (
+        "Admin API: on (GATEWAY_ADMIN_TOKEN is set)"
+        if settings.admin_token is not None
+        else "Admin API: off; start with GATEWAY_ADMIN_TOKEN=<a random 32+ character token> to turn it on"
+    )
     return f"""
-Gateway ready at {base}  (ledger: {settings.database_url}; metrics: /metrics)
-Demo tenant key (shown once): {secret}
+Gateway ready at {base}  (metrics: http://{settings.host}:{settings.port}/metrics)
+Data: {data}  (ledger: {settings.database_url}; engine logs: {data / "logs"})
+{admin}
+Demo tenant key ({kept}, kept in {data / DEMO_KEY_FILE}): {secret}
 
   curl {base}/chat/completions \\
     -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\
@@ -80,13 +154,18 @@ Demo tenant key (shown once): {secret}
 print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}], \\
 max_tokens=16).choices[0].message.content)"
 
+Other commands (gateway keys list, gateway usage report, ...) use this data directory too.
 Press Ctrl-C to stop the gateway and its engines.
 """
 
 
-async def run_embedded(settings: Settings, demo_tenant: str) -> int:
+async def run_embedded(settings: Settings, demo_tenant: str, engine_base_port: int | None = None) -> int:
     spec = load_spec(settings.config_path)
+    if engine_base_port is not None:
+        spec = with_engine_base_port(spec, engine_base_port)
     app = create_app(settings, spec)  # every setting and file checked before an engine starts
+    check_ports(settings, spec)  # a busy port is one line now, not a traceback after the engines
+    remember(settings.data_dir)
     launcher = EngineLauncher(spec, settings.data_dir, settings.data_dir / "logs")
     engines = sum(p.replicas for p in spec.pools if p.launched)
     _progress(f"starting {engines} engine(s) from {settings.config_path}")
@@ -96,7 +175,6 @@ async def run_embedded(settings: Settings, demo_tenant: str) -> int:
         await launcher.start()
         await launcher.wait_ready(ENGINE_START_TIMEOUT_S, _progress)
         supervisor = asyncio.create_task(launcher.supervise())
-        secret = await create_demo_key(settings, demo_tenant, frozenset(p.served_name for p in spec.pools))
         launcher.drain_hook = RouterDrain(app)
         launcher.restart_on_sighup()
         server = uvicorn.Server(uvicorn_config(app, settings))
@@ -105,11 +183,13 @@ async def run_embedded(settings: Settings, demo_tenant: str) -> int:
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
             await asyncio.sleep(0.05)
-        if server.started:
-            sys.stdout.write(banner(settings, spec, secret))
+        if server.started:  # only a gateway that serves gets a key
+            models = frozenset(p.served_name for p in spec.pools)
+            secret, reused = await demo_key(settings, demo_tenant, models)
+            sys.stdout.write(banner(settings, spec, secret, reused))
             sys.stdout.flush()
         await serving
-        return 0
+        return 0 if server.started else 1
     except asyncio.CancelledError:
         if not stopping.is_set():
             raise
