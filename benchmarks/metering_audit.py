@@ -191,6 +191,10 @@ async def gateway(tmp: Path, engine_url: str, env: dict[str, str]) -> AsyncItera
         "GATEWAY_PORT": str(port),
         "GATEWAY_LOG_LEVEL": "warning",
         "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        # Reconciliation settles a period a few seconds after the engine goes quiet (the default,
+        # 60 s, waits out a slow ledger flush on another replica).
+        "GATEWAY_RECONCILE_SETTLE_S": "2",
+        "GATEWAY_RECONCILE_SETTLE_INTERVAL_S": "1",
         **env,
     }
     key = tenant_key(env, "audit")
@@ -258,6 +262,7 @@ async def run_phase(
     requests = make_requests(random.Random(args.seed), args.requests, abort)
     async with aiohttp.ClientSession() as session, gateway(tmp, engine_url, env) as (url, key, database):
         await wait_idle(session, engine_url, meter)
+        await asyncio.sleep(3.0)  # the gateway's sampler marks a quiet point: periods start here
         await meter.sample(session)
         sampling = asyncio.create_task(_sample_forever(session, meter))
         started = time.monotonic()
@@ -342,7 +347,7 @@ def main() -> None:
     parser.add_argument("--abort", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--restart", action="store_true", help="restart the engine during the last phase")
     parser.add_argument("--restart-after-s", type=float, default=20.0)
-    parser.add_argument("--settle-s", type=float, default=5.0)
+    parser.add_argument("--settle-s", type=float, default=12.0)
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--gateway-env", nargs="*", default=[], metavar="NAME=VALUE")
     parser.add_argument("--work-dir", default="/tmp/metering-audit")

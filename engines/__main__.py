@@ -2,7 +2,8 @@
 
 ``kill -HUP`` restarts them one at a time, each once its requests have finished. Gateways named
 with ``--gateway`` are told through their admin API to route nothing new to an engine before it
-restarts (``gateway up`` does the same in-process).
+restarts (``gateway up`` does the same in-process). Each engine requires the API key in
+``GATEWAY_ENGINE_API_KEY``, which the gateways are given too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from gateway.config.pools import load_spec
 
 async def _run(config: Path, data_dir: Path, timeout_s: float, gateways: list[str]) -> None:
     hook = GatewayAdminDrain(gateways, os.environ.get("GATEWAY_ADMIN_TOKEN", "")) if gateways else None
-    launcher = EngineLauncher(load_spec(config), data_dir, data_dir / "logs", hook)
+    api_key = os.environ.get("GATEWAY_ENGINE_API_KEY") or None  # the gateways send the same
+    launcher = EngineLauncher(load_spec(config), data_dir, data_dir / "logs", hook, api_key)
     await launcher.start()
     try:
         await launcher.wait_ready(timeout_s, lambda line: logging.getLogger("engines").info("%s", line))

@@ -3,8 +3,13 @@
 Each replica of a launched pool is one vLLM OpenAI server (``python -m
 vllm.entrypoints.openai.api_server``; the ``vllm`` console script trips over the CPU wheel's
 package metadata) or, for ``engine: sim``, one ``python -m engines.sim``. Every engine runs in its
-own session so that stopping it also stops the engine-core and worker processes vLLM forks.
-Engines bind loopback only; the gateway is the one public door.
+own session so that stopping it also stops the engine-core and worker processes vLLM forks, and
+dies with the launcher, even one killed with -9 (``engines.process``). A port already taken is
+refused before anything starts. An engine that exits is restarted with backoff; whoever routes
+(``drain_hook``) keeps requests off it meanwhile and is told the moment it serves again.
+Engines bind loopback only and require the API key only the gateway knows (``VLLM_API_KEY``); the
+gateway is the one door. Every engine reports cached prompt tokens
+(``--enable-prompt-tokens-details``), which the gateway bills at the cached-input price.
 """
 
 from __future__ import annotations
@@ -18,14 +23,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
-from engines.models import resolve_model_source
-from engines.placement import BIND_VARIABLE, cpu_bindings
-from gateway.config.pools import DeploymentSpec, PoolSpec
+from engines.commands import EngineCommand, build_commands, engine_env, sim_argv, vllm_argv
+from engines.drain import DrainHook, GatewayAdminDrain, healthy, wait_idle
+from engines.process import EngineStartError, PortTakenError, port_taken, signal_group, spawn
+from gateway.config.pools import DeploymentSpec
+
+__all__ = [
+    "DrainHook",
+    "EngineCommand",
+    "EngineLauncher",
+    "EngineStartError",
+    "GatewayAdminDrain",
+    "ManagedEngine",
+    "PortTakenError",
+    "build_commands",
+    "engine_env",
+    "sim_argv",
+    "vllm_argv",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,111 +56,6 @@ STABLE_AFTER_S = 120.0
 
 # A planned restart waits this long for the engine's requests to finish before stopping it.
 DRAIN_TIMEOUT_S = 120.0
-_BUSY_METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-
-
-class DrainHook(Protocol):
-    """Whoever routes to the engines: told before one is restarted on purpose and when it is back."""
-
-    async def drain(self, url: str) -> None: ...
-
-    async def resume(self, url: str) -> None: ...
-
-
-class GatewayAdminDrain:
-    """A drain hook for gateways in other processes, through their admin API
-    (``POST /admin/engines/drain`` and ``/resume``). A gateway that cannot be told is logged and
-    skipped: it still fails over when the engine stops."""
-
-    def __init__(self, gateways: list[str], admin_token: str) -> None:
-        self._gateways = [g.rstrip("/") for g in gateways]
-        self._headers = {"Authorization": f"Bearer {admin_token}"}
-
-    async def drain(self, url: str) -> None:
-        await self._tell("drain", url)
-
-    async def resume(self, url: str) -> None:
-        await self._tell("resume", url)
-
-    async def _tell(self, action: str, url: str) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            for gateway in self._gateways:
-                target = f"{gateway}/admin/engines/{action}"
-                try:
-                    async with session.post(target, json={"url": url}, headers=self._headers) as response:
-                        if response.status != 200:
-                            logger.warning(
-                                "%s answered %s: %s", target, response.status, await response.text()
-                            )
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    logger.warning("could not reach %s: %s", target, exc)
-
-
-class EngineStartError(RuntimeError):
-    """An engine exited or never became healthy while the launcher waited for it."""
-
-
-@dataclass(frozen=True)
-class EngineCommand:
-    """Everything needed to (re)start one engine replica."""
-
-    name: str  # ``served_name#replica``
-    argv: list[str]
-    env: dict[str, str]
-    url: str
-
-
-def vllm_argv(pool: PoolSpec, model: str, port: int, python: str = sys.executable) -> list[str]:
-    argv = [
-        python,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model,
-        "--served-model-name",
-        pool.served_name,
-        "--host",
-        pool.host,
-        "--port",
-        str(port),
-    ]
-    if pool.kind == "embed" and "--runner" not in pool.vllm_args:
-        argv += ["--runner", "pooling"]
-    return argv + pool.tool_call_flags() + pool.vllm_args
-
-
-def sim_argv(pool: PoolSpec, port: int, python: str = sys.executable) -> list[str]:
-    argv = [python, "-m", "engines.sim", "--host", pool.host, "--port", str(port)]
-    return argv + ["--model", pool.served_name, *pool.vllm_args]
-
-
-def engine_env(pool: PoolSpec, replica: int, cpu_bind: str | None = None) -> dict[str, str]:
-    """The replica's environment additions: offline hub, GPU or CPU placement, the pool's own ``env``."""
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if pool.device == "gpu" and pool.placement:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in pool.placement[replica].gpu_ids)
-    if cpu_bind is not None:
-        env[BIND_VARIABLE] = cpu_bind
-    return env | pool.env
-
-
-def build_commands(spec: DeploymentSpec, data_dir: Path, python: str = sys.executable) -> list[EngineCommand]:
-    """One command per launched replica; resolves (and builds if needed) each pool's model once."""
-    commands = []
-    cpu_binds = cpu_bindings(spec)
-    for pool in spec.pools:
-        if not pool.launched:
-            continue
-        model = resolve_model_source(pool.model, data_dir) if pool.engine == "vllm" else pool.model
-        for replica, (port, url) in enumerate(zip(pool.ports(), pool.endpoint_urls(), strict=True)):
-            argv = (
-                vllm_argv(pool, model, port, python)
-                if pool.engine == "vllm"
-                else sim_argv(pool, port, python)
-            )
-            name = f"{pool.served_name}#{replica}"
-            commands.append(EngineCommand(name, argv, engine_env(pool, replica, cpu_binds.get(name)), url))
-    return commands
 
 
 @dataclass
@@ -178,18 +91,34 @@ class EngineLauncher:
     """Starts every launched replica of ``spec``, waits for health, restarts the dead, stops all."""
 
     def __init__(
-        self, spec: DeploymentSpec, data_dir: Path, log_dir: Path, drain_hook: DrainHook | None = None
+        self,
+        spec: DeploymentSpec,
+        data_dir: Path,
+        log_dir: Path,
+        drain_hook: DrainHook | None = None,
+        api_key: str | None = None,
+        *,
+        is_port_taken: Callable[[str, int], bool] = port_taken,
+        ready_timeout_s: float = 900.0,
     ) -> None:
         self._spec = spec
+        self._api_key = api_key
         self._data_dir = Path(data_dir)
         self._log_dir = Path(log_dir)
         self.drain_hook = drain_hook
         self.engines: list[ManagedEngine] = []
         self._rolling: asyncio.Task[None] | None = None
+        self._port_taken = is_port_taken
+        self.ready_timeout_s = ready_timeout_s  # for an engine restarted after it died
 
     async def start(self) -> None:
+        """Start every engine; ``PortTakenError`` (nothing started) if one's port is taken."""
         # Building the tiny model takes seconds of CPU: keep the event loop free meanwhile.
-        commands = await asyncio.to_thread(build_commands, self._spec, self._data_dir)
+        commands = await asyncio.to_thread(
+            build_commands, self._spec, self._data_dir, sys.executable, self._api_key
+        )
+        for command in commands:
+            self._check_port(command)
         self._log_dir.mkdir(parents=True, exist_ok=True)
         for command in commands:
             log_path = self._log_dir / f"{command.name.replace('#', '-')}.log"
@@ -197,19 +126,18 @@ class EngineLauncher:
             self.engines.append(engine)
             await self._spawn(engine)
 
+    def _check_port(self, command: EngineCommand) -> None:
+        host, port = command.address
+        if self._port_taken(host, port):
+            raise PortTakenError(command.name, host, port)
+
     async def _spawn(self, engine: ManagedEngine) -> None:
+        self._check_port(engine.command)
         with engine.log_path.open("ab") as log:
             # The log is kept across restarts; a header line separates the runs.
             log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {engine.command.name}\n".encode())
             log.flush()
-            engine.process = await asyncio.create_subprocess_exec(
-                *engine.command.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env={**os.environ, **engine.command.env},
-                start_new_session=True,
-            )
+            engine.process = await spawn(engine.command.argv, {**os.environ, **engine.command.env}, log)
         engine.started_at = time.monotonic()
         engine.ready = False
         logger.info("started %s pid=%s log=%s", engine.command.name, engine.process.pid, engine.log_path)
@@ -228,7 +156,7 @@ class EngineLauncher:
                             f"{engine.command.name} exited with status {status} while starting;"
                             f" log {engine.log_path}:\n{engine.log_tail()}"
                         )
-                    engine.ready = await _healthy(session, engine.command.url)
+                    engine.ready = await healthy(session, engine.command.url)
                     if engine.ready and on_progress:
                         waited = time.monotonic() - engine.started_at
                         on_progress(
@@ -250,26 +178,50 @@ class EngineLauncher:
                 await asyncio.sleep(0.5)
 
     async def supervise(self, poll_s: float = 1.0) -> None:
-        """Run until cancelled: restart any engine that exits, with exponential backoff."""
+        """Run until cancelled: every engine that exits is brought back (``_recover``), each on
+        its own, so one engine's slow start never delays another's."""
+        recovering: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                for engine in self.engines:
+                    task = recovering.get(engine.command.name)
+                    if (task is None or task.done()) and _died(engine):
+                        recovering[engine.command.name] = asyncio.create_task(self._recover(engine))
+                await asyncio.sleep(poll_s)
+        finally:
+            for task in recovering.values():
+                task.cancel()
+            await asyncio.gather(*recovering.values(), return_exceptions=True)
+
+    async def _recover(self, engine: ManagedEngine) -> None:
+        """An engine died: routing keeps off it (``drain_hook``: requests wait for it instead of
+        failing on it), it is restarted with backoff until it answers ``/health``, and routing
+        is told at once."""
+        url, hook = engine.command.url, self.drain_hook
+        if hook is not None:
+            await hook.drain(url)
         while True:
-            for engine in self.engines:
-                if (
-                    not engine.restarting
-                    and engine.process is not None
-                    and engine.process.returncode is not None
-                ):
-                    await self._restart(engine)
-            await asyncio.sleep(poll_s)
+            try:
+                await self._restart(engine)
+                await self._wait_one_ready(engine, self.ready_timeout_s)
+                break
+            except EngineStartError as exc:  # a taken port, an exit or a hang while starting
+                logger.error("%s", str(exc).splitlines()[0])
+                signal_group(engine.process, signal.SIGKILL)
+                engine.started_at = time.monotonic()  # a failed start is no stable run
+        logger.warning("%s is serving again at %s", engine.command.name, url)
+        if hook is not None:
+            await hook.resume(url)
 
     async def _restart(self, engine: ManagedEngine) -> None:
-        assert engine.process is not None
         uptime = time.monotonic() - engine.started_at
         engine.failures_in_a_row = 1 if uptime > STABLE_AFTER_S else engine.failures_in_a_row + 1
-        backoff = min(2.0 ** (engine.failures_in_a_row - 1), RESTART_BACKOFF_MAX_S)
+        backoff = restart_backoff_s(engine.failures_in_a_row)
+        status = engine.process.returncode if engine.process is not None else None
         logger.warning(
             "%s exited with status %s after %.0f s; restarting in %.0f s",
             engine.command.name,
-            engine.process.returncode,
+            status,
             uptime,
             backoff,
         )
@@ -289,7 +241,7 @@ class EngineLauncher:
         try:
             if hook is not None:
                 await hook.drain(url)
-            if not await _wait_idle(url, drain_timeout_s):
+            if not await wait_idle(url, drain_timeout_s):
                 logger.warning(
                     "%s still busy after %.0f s of draining; restarting it anyway", name, drain_timeout_s
                 )
@@ -321,7 +273,7 @@ class EngineLauncher:
     async def _wait_one_ready(self, engine: ManagedEngine, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while not await _healthy(session, engine.command.url):
+            while not await healthy(session, engine.command.url):
                 if not engine.alive or time.monotonic() > deadline:
                     raise EngineStartError(f"{engine.command.name} did not come back; log {engine.log_path}")
                 await asyncio.sleep(0.5)
@@ -357,41 +309,15 @@ class EngineLauncher:
             _signal_group(engine, signal.SIGKILL)
 
 
+def restart_backoff_s(failures_in_a_row: int) -> float:
+    """The wait before restarting an engine that died: 1 s, doubling per failure, up to 30 s."""
+    return float(min(2.0 ** (failures_in_a_row - 1), RESTART_BACKOFF_MAX_S))
+
+
+def _died(engine: ManagedEngine) -> bool:
+    """Exited, and not because a planned restart stopped it."""
+    return not engine.restarting and engine.process is not None and engine.process.returncode is not None
+
+
 def _signal_group(engine: ManagedEngine, sig: int) -> None:
-    if engine.process is None:
-        return
-    try:
-        os.killpg(engine.process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-async def _wait_idle(url: str, timeout_s: float) -> bool:
-    """Whether the engine reported no running or waiting request within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        while True:
-            try:
-                async with session.get(f"{url}/metrics") as response:
-                    text = await response.text()
-            except (aiohttp.ClientError, TimeoutError):
-                return True  # nothing to drain from an engine that does not answer
-            busy = sum(
-                sample.value
-                for family in text_string_to_metric_families(text)
-                for sample in family.samples
-                if sample.name in _BUSY_METRICS
-            )
-            if busy == 0:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.2)
-
-
-async def _healthy(session: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with session.get(f"{url}/health") as response:
-            return response.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
+    signal_group(engine.process, sig)

@@ -30,6 +30,8 @@ from gateway.metering.journal import Journal, recovered_rows
 from gateway.metering.meter import LedgerWriter, Meter
 from gateway.metering.pricing import PriceBook
 from gateway.metrics import GatewayMetrics
+from gateway.reconcile.sampler import EngineSampler
+from gateway.reconcile.settler import Settler
 from gateway.records import Outcome
 from gateway.routing.discovery import EndpointDiscovery
 from gateway.routing.drains import Drains, create_drain_board
@@ -93,7 +95,8 @@ def create_app(
     app.include_router(openai.router)
     app.include_router(ops.router)
     app.include_router(usage.router)
-    app.include_router(admin.router)
+    # The admin API is documented in README; the public schema need not map it for everyone.
+    app.include_router(admin.router, include_in_schema=settings.internals_public)
     install_error_handlers(app)
     install_openapi(app)
     return app
@@ -110,14 +113,14 @@ async def _open_state(
     spec, prices, defaults = configs.spec, configs.prices, configs.default_limits
     counters = build_counters(spec, settings.data_dir)
     journal, leftovers, store = await _open_storage(stack, settings, store)
-    session = create_session()
+    session = create_session(settings.upstream_keepalive_s)
     stack.push_async_callback(session.close)
     metrics = GatewayMetrics()
     limiter = _limiter(settings, metrics)
     stack.push_async_callback(limiter.aclose)
     admission = Admission(limiter, counters, prices, defaults, metrics, settings.default_max_tokens)
     stack.push_async_callback(admission.wait_settled)  # settlements in flight, before the limiter closes
-    router = Router.from_spec(spec, metrics, clock)
+    router = Router.from_spec(spec, metrics, clock, settings.no_engine_wait_s)
     metrics.seed_models(router.pools)
     drains = Drains(
         create_drain_board(settings.redis_url, settings.redis_prefix), router, settings.drain_sync_interval_s
@@ -133,7 +136,9 @@ async def _open_state(
     _recover(journal, meter, leftovers)
     health = _health_checker(settings, router, session, metrics, clock)
     transport = AiohttpTransport(session, settings.connect_timeout_s, settings.request_timeout_s)
-    upstream = UpstreamClient(transport, settings.first_token_timeout_s)
+    stack.push_async_callback(transport.aclose)
+    engine_key = settings.engine_api_key.get_secret_value() if settings.engine_api_key else None
+    upstream = UpstreamClient(transport, settings.first_token_timeout_s, engine_key)
     return GatewayState(
         settings=settings,
         spec=spec,
@@ -189,10 +194,18 @@ async def _start(stack: contextlib.AsyncExitStack, state: GatewayState) -> None:
     if discovery.enabled:
         supervisor.add("discovery", discovery.refresh, discovery.interval_s, wait_first=True)
     supervisor.add("drains", state.drains.sync, state.drains.interval_s, wait_first=True)
+    sampler = EngineSampler(state.store, settings.reconcile_sample_interval_s)
     scraper = EngineStatsScraper(
-        state.router, state.session, settings.engine_stats_interval_s, settings.health_timeout_s
+        state.router,
+        state.session,
+        settings.engine_stats_interval_s,
+        settings.health_timeout_s,
+        listener=sampler.observe,
     )
     supervisor.add("engine-stats", scraper.scrape_all, scraper.interval_s)
+    supervisor.add("reconcile-samples", sampler.flush, settings.engine_stats_interval_s)
+    settler = Settler(state.store, state.meter.price, state.metrics, settings.reconcile_settle_s)
+    supervisor.add("reconcile", settler.settle_round, settings.reconcile_settle_interval_s, wait_first=True)
     supervisor.add(
         "budgets", functools.partial(state.admission.publish_budgets, state.store), settings.budget_refresh_s
     )

@@ -12,12 +12,13 @@ GatewayError                      500 server_error
 ├── AuthenticationError           401 authentication_error / invalid_api_key
 ├── PermissionDeniedError         403 permission_error / permission_denied
 ├── RateLimitError                429 rate_limit_error / rate_limit_exceeded
-│   ├── LimitExceeded             (gateway.admission.limits: carries reason, scope and Retry-After)
+│   ├── LimitExceeded             (gateway.admission.limits: reason, scope, Retry-After; a spent
+│   │                             monthly budget is type and code insufficient_quota)
 │   └── TenantQueueFullError      (this tenant's share of a saturated pool's queue is full)
 ├── UpstreamError                 502 upstream_error
-├── NoHealthyEngineError          503 service_unavailable / no_healthy_engine
+├── NoHealthyEngineError          503 service_unavailable / no_healthy_engine (with Retry-After)
 ├── EnginesBusyError              503 service_unavailable / engines_busy (queue full or waited too long)
-├── StoreUnavailableError         503 service_unavailable / store_unavailable
+├── StoreUnavailableError         503 service_unavailable / store_unavailable (with Retry-After)
 ├── LimiterUnavailableError       503 service_unavailable / rate_limiter_unavailable
 ├── UpstreamTimeoutError          504 timeout / upstream_timeout
 └── EngineError                   the engine's own 4xx/5xx, its status kept, its type mapped:
@@ -148,15 +149,21 @@ class UpstreamError(GatewayError):
     default_code = "upstream_error"
 
 
+def _retry_after(error: GatewayError, retry_after_s: float) -> None:
+    error.headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
+    error.headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
+
+
 class NoHealthyEngineError(GatewayError):
+    """No engine of the model can take the request (none up, or each one tried has failed)."""
+
     status_code = 503
     error_type = "service_unavailable"
     default_code = "no_healthy_engine"
 
-
-def _retry_after(error: GatewayError, retry_after_s: float) -> None:
-    error.headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
-    error.headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        _retry_after(self, retry_after_s)
 
 
 class TenantQueueFullError(RateLimitError):
@@ -188,6 +195,10 @@ class StoreUnavailableError(GatewayError):
     status_code = 503
     error_type = "service_unavailable"
     default_code = "store_unavailable"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        _retry_after(self, retry_after_s)
 
 
 class LimiterUnavailableError(GatewayError):

@@ -52,12 +52,15 @@ TEXT_PART_FIELDS = {
 # What a stream's engine is always asked for (the client's own stream_options are kept beside it).
 _ENGINE_STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
+# How deep a request body may nest. Tool schemas and structured content use a dozen levels;
+# orjson accepts 1,024 but cannot encode past 255, and every deep walk costs CPU.
+MAX_JSON_DEPTH = 64
 
 
 class ChatMessage(NamedTuple):
     """One chat message, its content flattened to text as vLLM flattens it for a chat template."""
 
-    role: str  # "" when the client sent none (the engine will refuse it; it is still counted)
+    role: str  # one of OpenAI's (the edge refuses others)
     text: str  # text parts joined with newlines; images, audio and a null content give nothing
     name: str | None = None
     # The message as sent (tool_calls, tool_call_id, …): a chat template may read any of it.
@@ -145,6 +148,7 @@ def parse_request(
             user=sent.user,
             input=_text_input(sent.input),
         )
+    _check_generation(sent)
     stream = bool(sent.stream)
     if not stream:
         _refuse_stream_options(payload)
@@ -245,17 +249,21 @@ def _refuse_engine_fields(payload: Mapping[str, Any]) -> None:
 
 
 def _check_roles(messages: list[dict[str, Any]]) -> None:
+    """Each message's role is one of OpenAI's, as a string (``["user"]`` is not ``"user"``)."""
     for index, message in enumerate(messages):
         role = message.get("role")
-        if role in CHAT_ROLES:
+        if isinstance(role, str) and role in CHAT_ROLES:
             continue
         param = f"messages.[{index}].role"
         if role is None:
             raise InvalidRequestError(
                 f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
             )
+        shown = role if isinstance(role, str) else orjson.dumps(role).decode()
         raise InvalidRequestError(
-            f"Invalid value: '{role}'. Supported values are: {_ROLE_LIST}.", param=param, code="invalid_value"
+            f"Invalid value: '{shown}'. Supported values are: {_ROLE_LIST}.",
+            param=param,
+            code="invalid_value",
         )
 
 
@@ -273,7 +281,36 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    # Counting brackets is C-fast; only a body with that many of them can be that deep.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _too_deep(payload, MAX_JSON_DEPTH):
+        raise InvalidRequestError(
+            f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.", code="invalid_json"
+        )
     return payload
+
+
+def _too_deep(payload: dict[str, Any], limit: int) -> bool:
+    """Whether ``payload`` nests objects and arrays more than ``limit`` levels deep (one level of
+    the tree at a time: no recursion, which is what the depth would exhaust)."""
+    level: list[Any] = [payload]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _check_generation(sent: ChatCompletionRequest | CompletionRequest) -> None:
+    """What a field's own type cannot say: ``best_of`` no smaller than ``n``."""
+    if sent.best_of is not None and sent.best_of < (sent.n or 1):
+        raise InvalidRequestError(
+            "Invalid value for 'best_of': must be at least n.", param="best_of", code="invalid_value"
+        )
 
 
 def _refuse_stream_options(payload: Mapping[str, Any]) -> None:

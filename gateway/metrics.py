@@ -41,6 +41,7 @@ class GatewayMetrics:
         self._add_limits_metrics()
         self._add_queues_metrics()
         self._add_usage_events_metrics()
+        self._add_metering_metrics()
 
     def _add_requests_metrics(self) -> None:
         """Traffic, tokens and latency per tenant and model."""
@@ -53,7 +54,8 @@ class GatewayMetrics:
         )
         self.tokens = self._counter(
             "gateway_tokens",
-            "Tokens metered, by tenant, model and kind (prompt or completion).",
+            "Tokens metered, by tenant, model and kind: prompt, completion, or cached_prompt "
+            "(the prompt tokens served from the engine's prefix cache, also counted in prompt).",
             "tenant",
             "model",
             "kind",
@@ -128,8 +130,12 @@ class GatewayMetrics:
         self.ledger_failures = self._counter(
             "gateway_ledger_write_failures", "Ledger batch writes that failed and were retried."
         )
-        self.ledger_pending = self._gauge(
-            "gateway_ledger_pending_rows", "Ledger rows journaled but not yet written to the database."
+        self.ledger_backlog = self._gauge(
+            "gateway_ledger_backlog_rows", "Usage rows journaled and waiting to be written to the database."
+        )
+        self.ledger_backlog_age = self._gauge(
+            "gateway_ledger_backlog_age_seconds",
+            "How long the oldest usage row waiting for the database has waited (0: none waits).",
         )
 
     def _add_queues_metrics(self) -> None:
@@ -145,14 +151,16 @@ class GatewayMetrics:
         )
         self.queue_rejected = self._counter(
             "gateway_queue_rejected",
-            "Requests refused by a saturated pool's queue, by model and reason (tenant_full, full, timeout).",
+            "Requests refused by a pool's queue, by model and reason (tenant_full, full, timeout; "
+            "no_engine: held while no engine was up, and none came back in time).",
             "model",
             "reason",
         )
         self.background_task_restarts = Counter(
             "gateway_background_task_restarts",
             "Background tasks that crashed and were restarted by the supervisor, by task "
-            "(ledger, health, engine-stats, discovery, drains, budgets, usage-webhook).",
+            "(ledger, health, engine-stats, discovery, drains, budgets, usage-webhook, reconcile-samples, "
+            "reconcile).",
             ["task"],
             registry=self.registry,
         )
@@ -171,6 +179,20 @@ class GatewayMetrics:
         self.usage_events_lag = self._gauge(
             "gateway_usage_events_lag_seconds",
             "Age of the oldest usage event the billing webhook has not acknowledged (0: caught up).",
+        )
+
+    def _add_metering_metrics(self) -> None:
+        """The ledger held against the engines' own counters (gateway/reconcile)."""
+        self.metering_drift = self._gauge(
+            "gateway_metering_drift_tokens",
+            "Tokens an engine counted that neither the ledger nor an adjustment accounts for (negative: "
+            "the ledger holds more), over the periods settled in the last hour, by engine.",
+            "engine",
+        )
+        self.metering_adjusted = self._counter(
+            "gateway_metering_adjusted_tokens",
+            "Tokens billed by adjustment rows this process wrote, by kind (prompt, completion).",
+            "kind",
         )
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
@@ -202,14 +224,18 @@ class GatewayMetrics:
         ttft_s: float | None,
         streamed: bool = True,
         cost_pico: int = 0,
+        cached_tokens: int = 0,
     ) -> None:
-        """One finished request. TTFT and inter-token latency only for a stream: a whole body's
-        first byte is its last, which would read as a first token as slow as the request."""
+        """One finished request; ``cached_tokens`` are those of ``prompt_tokens`` served from cache.
+        TTFT and inter-token latency only for a stream: a whole body's first byte is its last,
+        which would read as a first token as slow as the request."""
         self.requests.labels(tenant, model, str(status)).inc()
         if cost_pico:
             self.cost.labels(tenant, model).inc(cost_pico / 10**12)
         if prompt_tokens:
             self.tokens.labels(tenant, model, "prompt").inc(prompt_tokens)
+        if cached_tokens:
+            self.tokens.labels(tenant, model, "cached_prompt").inc(cached_tokens)
         if completion_tokens:
             self.tokens.labels(tenant, model, "completion").inc(completion_tokens)
         self.request_duration.labels(tenant, model).observe(duration_s)

@@ -8,28 +8,40 @@ gateway's own requests reject unknown fields (``extra="forbid"``): a typo is an 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from gateway.limit_spec import LimitSpec
+
+# A model name is echoed in errors and, once known to be served, stored in the ledger: bounded.
+MAX_MODEL_CHARS = 256
+# An output cap beyond any context length; it keeps cap × n (the reservation) far inside the
+# 64-bit counters of Redis, which an overflow would turn into a limiter error (and fail-open).
+MAX_OUTPUT_TOKENS = 2**31 - 1
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_CHARS)]
+OutputCap = Annotated[StrictInt, Field(ge=0, le=MAX_OUTPUT_TOKENS)]
 
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool | None = None
-    continuous_usage_stats: bool | None = None
+    include_usage: StrictBool | None = None
+    continuous_usage_stats: StrictBool | None = None
 
 
 class _GenerationRequest(BaseModel):
+    """Fields the gateway acts on are strict, as OpenAI's are: ``"10"`` is not a number and
+    ``"yes"`` is not a boolean (pydantic's lax mode would take both)."""
+
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
-    stream: bool | None = False
+    model: ModelName
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=0)
-    n: int | None = Field(default=None, ge=1, le=128)
+    max_tokens: OutputCap | None = None
+    n: StrictInt | None = Field(default=None, ge=1, le=128)
+    best_of: StrictInt | None = Field(default=None, ge=1, le=20)  # OpenAI's bound
     stop: str | list[str] | None = None
     service_tier: str | None = None
     user: str | None = None
@@ -37,7 +49,7 @@ class _GenerationRequest(BaseModel):
 
 class ChatCompletionRequest(_GenerationRequest):
     messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: OutputCap | None = None
 
 
 class CompletionRequest(_GenerationRequest):
@@ -47,7 +59,7 @@ class CompletionRequest(_GenerationRequest):
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
+    model: ModelName
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
@@ -70,7 +82,8 @@ class ResponsesRequest(BaseModel):
     user: str | None = None
 
 
-# The roles OpenAI's chat API takes; any other is refused at the edge.
+# The roles OpenAI's chat API takes, in the order its errors list them; any other is refused at
+# the edge (vLLM accepts any string, which a chat template may then render oddly).
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # vLLM's own request fields that reach past the request into the engine's operation: its
 # scheduling priority, its request ids, KV-cache transfer between engines, Jinja templates and raw
@@ -217,7 +230,8 @@ class KeyUpdateRequest(BaseModel):
 class KeyRotateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    grace_s: float | None = Field(default=None, ge=0)  # None: the server's key_rotation_grace_s
+    # None: the server's key_rotation_grace_s; at most a year (tenancy.service.MAX_GRACE_S).
+    grace_s: float | None = Field(default=None, ge=0, le=366 * 24 * 3600.0, allow_inf_nan=False)
 
 
 class KeyObject(BaseModel):
@@ -255,6 +269,7 @@ class UsageLine(BaseModel):
     group: str  # a UTC day (YYYY-MM-DD), a model or a key id; "total" in the totals line
     requests: int
     prompt_tokens: int
+    cached_tokens: int  # of prompt_tokens, served from the engines' prefix caches (priced apart)
     completion_tokens: int
     total_tokens: int
     cost: str  # exact, fixed decimals

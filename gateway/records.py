@@ -126,3 +126,52 @@ class UsageGroup:
     completion_tokens: int
     cost_pico: int
     cached_tokens: int = 0  # of ``prompt_tokens``
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCounters:
+    """An engine's cumulative token counters (vLLM's ``vllm:*_total``, summed over its ranks).
+
+    ``prompt_tokens`` counts the prompt once per choice and includes ``cached_tokens``.
+    """
+
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    cached_tokens: int = 0
+    prefix_hits: int = 0
+    prefix_queries: int = 0
+
+    def values(self) -> tuple[int, int, int, int, int]:
+        return (
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.cached_tokens,
+            self.prefix_hits,
+            self.prefix_queries,
+        )
+
+    def minus(self, other: EngineCounters) -> EngineCounters:
+        return EngineCounters(*(a - b for a, b in zip(self.values(), other.values(), strict=True)))
+
+    def plus(self, other: EngineCounters) -> EngineCounters:
+        return EngineCounters(*(a + b for a, b in zip(self.values(), other.values(), strict=True)))
+
+    def any_below(self, other: EngineCounters) -> bool:
+        """True when some counter is lower than ``other``'s: an older reading, or a restart."""
+        return any(a < b for a, b in zip(self.values(), other.values(), strict=True))
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSample:
+    """One reading of an engine's counters, as a gateway replica took it.
+
+    ``incarnation`` is the engine process's start time (0 when it exports none): a higher one is
+    a restart. ``quiet``: no request was running or waiting, on this reading and on the one
+    before it, with the same counters (so every request the engine counted has ended).
+    """
+
+    engine: str  # the endpoint URL, as the router and the ledger's ``endpoint`` spell it
+    at: float  # epoch seconds when the reading was taken
+    incarnation: float
+    counters: EngineCounters
+    quiet: bool

@@ -14,22 +14,35 @@ from fastapi import FastAPI
 
 from gateway.app import create_app
 from gateway.config.pools import DeploymentSpec
+from gateway.connections import ConnectionLimits, connection_cap, guarded_protocol, raise_open_file_limit
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+def connection_limits(settings: Settings, open_files: int = 0) -> ConnectionLimits:
+    """What each client connection may take; the connection cap fits ``open_files`` (0: unknown)."""
+    return ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=connection_cap(settings.max_connections, open_files),
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+    )
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, open_files: int = 0) -> uvicorn.Config:
+    """uvicorn with the guarded httptools protocol (``gateway.connections``)."""
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="none",  # the caller's loop (uvloop when installed; see run_async)
-        http="httptools",
+        http=guarded_protocol(connection_limits(settings, open_files)),
         lifespan="on",
         access_log=False,  # the ledger is the access log; a line per request costs CPU
         log_level=settings.log_level,
-        timeout_keep_alive=30,
+        timeout_keep_alive=math.ceil(settings.keep_alive_timeout_s),
         backlog=4096,
         # SIGTERM: uvicorn closes the listening socket at once (new connections are refused, so
         # readiness fails) and lets requests in flight, streams included, run this long.
@@ -38,7 +51,8 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
 
 
 async def serve_gateway(settings: Settings, spec: DeploymentSpec | None = None) -> None:
-    server = uvicorn.Server(uvicorn_config(create_app(settings, spec), settings))
+    open_files = raise_open_file_limit()
+    server = uvicorn.Server(uvicorn_config(create_app(settings, spec), settings, open_files))
     freeze_startup_objects()
     await server.serve()
 

@@ -15,7 +15,11 @@ Token accounting is exact and deterministic:
   else ``max_tokens`` (completions: 16 when absent, as in vLLM), clamped to the context left
   (``max_model_len - prompt_tokens``); finish reason ``length`` when the limit was reached, else
   ``stop``;
-* generated token ``i`` is ``tokens.VOCABULARY[i % 16]`` (" lorem", " ipsum", ...).
+* generated token ``i`` is ``tokens.VOCABULARY[i % 16]`` (" lorem", " ipsum", ...);
+* cached tokens (``--enable-prompt-tokens-details``, as in vLLM): the prompt tokens in the leading
+  whole blocks (``--block-size``, 16; vLLM's CPU backend uses 128) of a prefix the engine has seen
+  before, never counting the last prompt token; reported as ``prompt_tokens_details.cached_tokens``
+  in a whole body's usage and in a stream's final usage chunk (never in running usage).
 """
 
 from engines.sim.app import SimApp, create_sim_app

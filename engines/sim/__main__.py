@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -34,8 +35,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embedding-dim", type=int, default=384)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--block-size", type=int, default=16, help="prefix cache block, in tokens")
+    parser.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="report prompt_tokens_details.cached_tokens in usage",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("VLLM_API_KEY") or None,
+        help="required on /v1/* as a bearer token (default: VLLM_API_KEY, as vLLM)",
+    )
     return parser.parse_args(argv)
 
 
@@ -52,6 +64,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         embedding_dim=args.embedding_dim,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
+        prefix_block_size=args.block_size,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
         seed=args.seed,
     )
 
@@ -89,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.getLogger("uvicorn.error").addFilter(_DropSimulatedCrashes())
     server_config = uvicorn.Config(
-        create_sim_app(config),
+        create_sim_app(config, args.api_key),
         host=args.host,
         port=args.port,
         loop="uvloop",

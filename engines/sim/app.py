@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -37,8 +38,10 @@ Handler = Callable[[Receive, Send], Awaitable[None]]
 class SimApp:
     """An ASGI 3 app speaking vLLM's OpenAI HTTP API over one ``SimEngine``."""
 
-    def __init__(self, engine: SimEngine) -> None:
+    def __init__(self, engine: SimEngine, api_key: str | None = None) -> None:
         self.engine = engine
+        # Like vLLM's --api-key: required on /v1/* (health, metrics and /sim/* stay open).
+        self._authorization = f"Bearer {api_key}".encode() if api_key else None
         self._routes: dict[tuple[str, str], Handler] = {
             ("GET", "/health"): self._health,
             ("GET", "/v1/models"): self._models,
@@ -62,6 +65,10 @@ class SimApp:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self._routes.get((scope["method"], scope["path"]))
         try:
+            if self._authorization is not None and scope["path"].startswith("/v1"):
+                sent = dict(scope["headers"]).get(b"authorization", b"")
+                if not hmac.compare_digest(sent, self._authorization):
+                    raise SimError("Unauthorized", status=401, type="authentication_error")
             if handler is None:
                 status = 405 if scope["path"] in self._paths else 404
                 message = f"{scope['method']} {scope['path']} is not served"
@@ -144,6 +151,6 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def create_sim_app(config: SimConfig | None = None) -> SimApp:
+def create_sim_app(config: SimConfig | None = None, api_key: str | None = None) -> SimApp:
     """Build a simulated engine and its ASGI app (nothing is shared between apps)."""
-    return SimApp(SimEngine(config or SimConfig()))
+    return SimApp(SimEngine(config or SimConfig()), api_key)

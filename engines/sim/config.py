@@ -36,8 +36,12 @@ class SimConfig(BaseModel):
     max_num_seqs: int = Field(default=256, ge=1)
     # Capacity behind ``vllm:kv_cache_usage_perc``: prompt + generated tokens of running requests.
     kv_cache_tokens: int = Field(default=262_144, ge=1)
+    # vLLM's ``--block-size``: 16 on GPUs; vLLM's CPU backend uses 128.
     prefix_block_size: int = Field(default=16, ge=1)
     prefix_cache_blocks: int = Field(default=8192, ge=0)
+    # vLLM's ``--enable-prompt-tokens-details``: usage then carries
+    # ``prompt_tokens_details.cached_tokens`` (the prompt tokens served from the prefix cache).
+    enable_prompt_tokens_details: bool = False
     seed: int | None = None
 
 

@@ -54,6 +54,7 @@ class Plan:
     ttft: float
     itl: float
     fail_after_tokens: int | None
+    cached_tokens_reported: bool  # usage carries prompt_tokens_details.cached_tokens
 
 
 class SimEngine:
@@ -113,6 +114,7 @@ class SimEngine:
             ttft=config.ttft_ms / 1000,
             itl=config.itl_ms / 1000,
             fail_after_tokens=config.fail_after_tokens,
+            cached_tokens_reported=config.enable_prompt_tokens_details,
         )
 
     async def complete(self, request: GenerationRequest, plan: Plan, watch: ClientWatch) -> bytes | None:
@@ -137,7 +139,7 @@ class SimEngine:
                     self._prefill(request, stats)
                 stats.generation_tokens += produced
                 return None
-            self._prefill(request, stats)
+            cached = self._prefill(request, stats)
             produced = plan.completion_tokens
             stats.generation_tokens += produced
             stats.success[plan.finish_reason] += 1
@@ -146,7 +148,7 @@ class SimEngine:
             self.scheduler.release(stats)
         text = generated_text(produced)
         return _BODIES[request.endpoint](
-            request.model, text, plan.finish_reason, usage(plan.prompt_tokens, produced)
+            request.model, text, plan.finish_reason, self._usage(plan, produced, cached)
         )
 
     async def stream(
@@ -161,7 +163,7 @@ class SimEngine:
             await watch.pause(plan.ttft)
             if watch.gone:
                 return
-            self._prefill(request, stats)
+            cached = self._prefill(request, stats)
             opening = fmt.opening(usage(plan.prompt_tokens, 0) if request.continuous_usage else None)
             if opening is not None:
                 await events.emit(opening)
@@ -170,7 +172,7 @@ class SimEngine:
                 return
             stats.success[plan.finish_reason] += 1
             if request.include_usage:
-                await events.emit(fmt.final_usage(usage(plan.prompt_tokens, produced)))
+                await events.emit(fmt.final_usage(self._usage(plan, produced, cached)))
             await events.emit(fmt.done, last=True)
         finally:
             stats.kv_tokens -= plan.prompt_tokens
@@ -223,12 +225,20 @@ class SimEngine:
         stats.success["stop"] += 1
         return embedding_response(request.model, vectors, request.encoding_format, prompt)
 
-    def _prefill(self, request: GenerationRequest, stats: ModelStats) -> None:
-        """Count the prompt as processed and query the prefix cache with it."""
+    def _prefill(self, request: GenerationRequest, stats: ModelStats) -> int:
+        """Count the prompt as processed and query the prefix cache with it; returns the prompt
+        tokens the cache served (whole blocks of a prefix seen before, as vLLM counts them)."""
         prompt = len(request.prompt_tokens)
+        hits = self.prefix_cache.query(request.prompt_tokens)
         stats.prompt_tokens += prompt
         stats.prefix_queries += prompt
-        stats.prefix_hits += self.prefix_cache.query(request.prompt_tokens)
+        stats.prefix_hits += hits
+        return hits
+
+    @staticmethod
+    def _usage(plan: Plan, produced: int, cached: int) -> dict[str, Any]:
+        """The final usage; with ``enable_prompt_tokens_details`` it says how much was cached."""
+        return usage(plan.prompt_tokens, produced, cached if plan.cached_tokens_reported else None)
 
 
 def tokens_due(elapsed: float, ttft: float, itl: float, total: int) -> int:

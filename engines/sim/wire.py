@@ -18,13 +18,25 @@ import orjson
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """``UsageInfo`` in vLLM's field order."""
-    return {
+Usage = dict[str, Any]
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> Usage:
+    """``UsageInfo`` in vLLM's field order; ``prompt_tokens_details`` only when ``cached_tokens``
+    is given (vLLM's ``--enable-prompt-tokens-details``; running usage never carries it)."""
+    info: Usage = {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
     }
+    if cached_tokens is not None:
+        info["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return info
+
+
+def _body_usage(usage_total: Usage) -> Usage:
+    """A whole body's usage: vLLM dumps every field, so details are ``null`` when off."""
+    return {**usage_total, "prompt_tokens_details": usage_total.get("prompt_tokens_details")}
 
 
 def sse(payload: dict[str, Any]) -> bytes:
@@ -37,13 +49,13 @@ class StreamFormat(Protocol):
 
     done: bytes  # the stream's last event (chat and completions: [DONE]; responses: none)
 
-    def opening(self, usage_now: dict[str, int] | None) -> bytes | None:
+    def opening(self, usage_now: Usage | None) -> bytes | None:
         """The event sent once the prompt is processed, if the endpoint has one."""
 
-    def token(self, text: str, finish_reason: str | None, usage_now: dict[str, int] | None) -> bytes:
+    def token(self, text: str, finish_reason: str | None, usage_now: Usage | None) -> bytes:
         """The event carrying one generated token (the last one also carries the finish reason)."""
 
-    def final_usage(self, usage_total: dict[str, int]) -> bytes:
+    def final_usage(self, usage_total: Usage) -> bytes:
         """The trailing ``"choices": []`` event sent when ``include_usage`` is on."""
 
 
@@ -60,22 +72,22 @@ class ChatStream:
             "model": model,
         }
 
-    def opening(self, usage_now: dict[str, int] | None) -> bytes | None:
+    def opening(self, usage_now: Usage | None) -> bytes | None:
         delta = {"role": "assistant", "content": ""}
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
         return self._event(choice, usage_now)
 
-    def token(self, text: str, finish_reason: str | None, usage_now: dict[str, int] | None) -> bytes:
+    def token(self, text: str, finish_reason: str | None, usage_now: Usage | None) -> bytes:
         choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "logprobs": None}
         choice["finish_reason"] = finish_reason
         if finish_reason is not None:
             choice["stop_reason"] = None
         return self._event(choice, usage_now)
 
-    def final_usage(self, usage_total: dict[str, int]) -> bytes:
+    def final_usage(self, usage_total: Usage) -> bytes:
         return sse({**self._head, "choices": [], "usage": usage_total})
 
-    def _event(self, choice: dict[str, Any], usage_now: dict[str, int] | None) -> bytes:
+    def _event(self, choice: dict[str, Any], usage_now: Usage | None) -> bytes:
         payload = {**self._head, "choices": [choice]}
         if usage_now is not None:
             payload["usage"] = usage_now
@@ -95,10 +107,10 @@ class CompletionStream:
             "model": model,
         }
 
-    def opening(self, usage_now: dict[str, int] | None) -> bytes | None:
+    def opening(self, usage_now: Usage | None) -> bytes | None:
         return None
 
-    def token(self, text: str, finish_reason: str | None, usage_now: dict[str, int] | None) -> bytes:
+    def token(self, text: str, finish_reason: str | None, usage_now: Usage | None) -> bytes:
         choice = {
             "index": 0,
             "text": text,
@@ -111,16 +123,17 @@ class CompletionStream:
             payload["usage"] = usage_now
         return sse(payload)
 
-    def final_usage(self, usage_total: dict[str, int]) -> bytes:
+    def final_usage(self, usage_total: Usage) -> bytes:
         return sse({**self._head, "choices": [], "usage": usage_total})
 
 
-def response_usage(usage_total: dict[str, int]) -> dict[str, Any]:
+def response_usage(usage_total: Usage) -> dict[str, Any]:
     """The Responses API's ``usage`` (vLLM's ``ResponseUsage``)."""
     prompt, completion = usage_total["prompt_tokens"], usage_total["completion_tokens"]
+    details = usage_total.get("prompt_tokens_details") or {}
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": details.get("cached_tokens", 0)},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + completion,
@@ -128,7 +141,7 @@ def response_usage(usage_total: dict[str, int]) -> dict[str, Any]:
 
 
 def response_object(
-    response_id: str, model: str, text: str | None, status: str, usage_total: dict[str, int] | None
+    response_id: str, model: str, text: str | None, status: str, usage_total: Usage | None
 ) -> dict[str, Any]:
     """A ``response`` object: in progress (no output, no usage) or finished."""
     output: list[dict[str, Any]] = []
@@ -153,7 +166,7 @@ def response_object(
     }
 
 
-def responses_response(model: str, text: str, finish_reason: str, usage_total: dict[str, int]) -> bytes:
+def responses_response(model: str, text: str, finish_reason: str, usage_total: Usage) -> bytes:
     """A non-streaming Responses API body."""
     status = "incomplete" if finish_reason == "length" else "completed"
     return orjson.dumps(response_object(f"resp_{uuid.uuid4().hex}", model, text, status, usage_total))
@@ -172,7 +185,7 @@ class ResponsesStream:
         self._finish = "stop"
         self._sequence = 0
 
-    def opening(self, usage_now: dict[str, int] | None) -> bytes | None:
+    def opening(self, usage_now: Usage | None) -> bytes | None:
         created = response_object(self._id, self._model, None, "in_progress", None)
         item = {"id": f"msg_{self._id[5:]}", "type": "message", "role": "assistant", "status": "in_progress"}
         return b"".join(
@@ -183,7 +196,7 @@ class ResponsesStream:
             )
         )
 
-    def token(self, text: str, finish_reason: str | None, usage_now: dict[str, int] | None) -> bytes:
+    def token(self, text: str, finish_reason: str | None, usage_now: Usage | None) -> bytes:
         self._text.append(text)
         self._finish = finish_reason or self._finish
         item_id = f"msg_{self._id[5:]}"
@@ -191,7 +204,7 @@ class ResponsesStream:
             "response.output_text.delta", item_id=item_id, output_index=0, content_index=0, delta=text
         )
 
-    def final_usage(self, usage_total: dict[str, int]) -> bytes:
+    def final_usage(self, usage_total: Usage) -> bytes:
         status = "incomplete" if self._finish == "length" else "completed"
         done = response_object(self._id, self._model, "".join(self._text), status, usage_total)
         text = "".join(self._text)
@@ -209,7 +222,7 @@ class ResponsesStream:
         return b"event: " + kind.encode() + b"\n" + sse(payload)
 
 
-def chat_response(model: str, text: str, finish_reason: str, usage_total: dict[str, int]) -> bytes:
+def chat_response(model: str, text: str, finish_reason: str, usage_total: Usage) -> bytes:
     """A non-streaming ``chat.completion`` body."""
     message = {
         "role": "assistant",
@@ -230,14 +243,14 @@ def chat_response(model: str, text: str, finish_reason: str, usage_total: dict[s
         "choices": [choice],
         "service_tier": None,
         "system_fingerprint": None,
-        "usage": {**usage_total, "prompt_tokens_details": None},
+        "usage": _body_usage(usage_total),
         "prompt_logprobs": None,
         "kv_transfer_params": None,
     }
     return orjson.dumps(body)
 
 
-def completion_response(model: str, text: str, finish_reason: str, usage_total: dict[str, int]) -> bytes:
+def completion_response(model: str, text: str, finish_reason: str, usage_total: Usage) -> bytes:
     """A non-streaming ``text_completion`` body."""
     choice = {
         "index": 0,
@@ -255,7 +268,7 @@ def completion_response(model: str, text: str, finish_reason: str, usage_total: 
         "choices": [choice],
         "service_tier": None,
         "system_fingerprint": None,
-        "usage": {**usage_total, "prompt_tokens_details": None},
+        "usage": _body_usage(usage_total),
         "kv_transfer_params": None,
     }
     return orjson.dumps(body)

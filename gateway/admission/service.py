@@ -63,6 +63,23 @@ class Admission:
             tokens = prompt + output
             price = self._prices.price_at(request.model, started_at)
             cost = price.cost_pico(prompt, output) if price is not None else 0
+        return await self._reserve(key, tenant_limits, key_limits, tokens, cost)
+
+    async def charge_refused(self, key: ApiKey) -> None:
+        """Take one request from the key's requests per minute for a request refused before
+        admission (a body that is not valid JSON, a model the key may not use): junk is not free,
+        so a flood of it meets the same 429 as a flood of real requests. Only ``rpm`` is charged;
+        nothing is held, so there is nothing to settle."""
+        tenant_limits, key_limits = self.limits_for(key)
+        rpm_only = LimitSpec(rpm=tenant_limits.rpm)
+        key_rpm_only = LimitSpec(rpm=key_limits.rpm) if key_limits is not None else None
+        if rpm_only.unlimited and (key_rpm_only is None or key_rpm_only.unlimited):
+            return
+        await self._reserve(key, rpm_only, key_rpm_only, 0, 0)
+
+    async def _reserve(
+        self, key: ApiKey, tenant_limits: LimitSpec, key_limits: LimitSpec | None, tokens: int, cost: int
+    ) -> Reservation:
         try:
             return await self._limiter.admit(
                 Subject(key.tenant_id, key.id), tenant_limits, key_limits, tokens=tokens, cost_pico=cost

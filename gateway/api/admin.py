@@ -34,6 +34,7 @@ from gateway.protocol import (
     TenantList,
     TenantObject,
 )
+from gateway.reconcile.report import ReconcileReportResponse, reconcile_report
 from gateway.records import ApiKey, Tenant, TenantStatus
 from gateway.reporting.charts import render_usage_chart
 from gateway.routing.endpoint import Endpoint
@@ -209,6 +210,14 @@ async def usage_events(
     start), for billing pipelines; one tenant's when ``tenant`` names it."""
     tenant_id = (await tenancy.get_tenant(tenant)).id if tenant is not None else None
     return (await feed.read(parse_cursor(after), limit, tenant_id)).page()
+
+
+@router.get("/usage/reconcile")
+async def usage_reconcile(
+    state: StateDep, from_: Annotated[str, Query(alias="from")], to: str
+) -> ReconcileReportResponse:
+    """Per engine and UTC hour: the engine's token counters against the ledger and adjustments."""
+    return await reconcile_report(state.store, from_, to)
 
 
 def engine_object(endpoint: Endpoint, now: float) -> EngineObject:

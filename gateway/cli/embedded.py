@@ -8,19 +8,22 @@ across restarts) and prints how to call it.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
-import socket
 import sys
 import time
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import SecretStr
 
-from engines.launcher import EngineLauncher
+from engines.launcher import EngineLauncher, EngineStartError
+from engines.process import port_taken
 from gateway.app import create_app
 from gateway.cli.datadir import remember
 from gateway.config.loader import ConfigError
 from gateway.config.pools import DeploymentSpec, load_spec
+from gateway.connections import raise_open_file_limit
 from gateway.errors import ResourceConflictError
 from gateway.server import freeze_startup_objects, uvicorn_config
 from gateway.settings import Settings
@@ -38,21 +41,22 @@ def _progress(line: str) -> None:
 
 class RouterDrain:
     """The launcher's drain hook for the gateway in this process: before an engine restarts on
-    purpose (``kill -HUP``), no new request is routed to it; afterwards it is back in service."""
+    purpose (``kill -HUP``) or once it has died, no new request is routed to it (requests wait
+    for it when it was a model's only one); once it serves again it is checked and back in
+    service at once, not at the next health round."""
 
     def __init__(self, app: FastAPI) -> None:
         self._app = app
 
     async def drain(self, url: str) -> None:
-        self._set(url, True)
-
-    async def resume(self, url: str) -> None:
-        self._set(url, False)
-
-    def _set(self, url: str, draining: bool) -> None:
         state = getattr(self._app.state, "gateway", None)  # None until the lifespan has started
         if state is not None:
-            state.router.set_draining(url, draining)
+            state.router.set_draining(url, True)
+
+    async def resume(self, url: str) -> None:
+        state = getattr(self._app.state, "gateway", None)
+        if state is not None:
+            await state.health.check(state.router.set_draining(url, False))
 
 
 DEMO_KEY_FILE = "demo-key"  # in the data directory: the demo tenant's key, reused across runs
@@ -102,27 +106,16 @@ def with_engine_base_port(spec: DeploymentSpec, base_port: int) -> DeploymentSpe
     return DeploymentSpec.model_validate({"pools": [p.model_dump() for p in pools]})
 
 
-def busy_port(host: str, port: int) -> bool:
-    """Whether something already listens on ``host:port`` (binding it fails)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def check_ports(settings: Settings, spec: DeploymentSpec) -> None:
     """One ``ConfigError`` line naming a busy port and the flag that moves it, before anything starts."""
-    if busy_port(settings.host, settings.port):
+    if port_taken(settings.host, settings.port):
         raise ConfigError(
             f"port {settings.port} on {settings.host} is in use: start the gateway on another one with "
             f"`gateway up --port {settings.port + 1}` (or GATEWAY_PORT)"
         )
     for pool in (p for p in spec.pools if p.launched):
         for port in pool.ports():
-            if busy_port(pool.host, port):
+            if port_taken(pool.host, port):
                 raise ConfigError(
                     f"engine port {port} ({pool.served_name}) on {pool.host} is in use (another engine or "
                     f"`gateway up`?): move the engines with `gateway up --engine-base-port {port + 100}`"
@@ -163,10 +156,20 @@ async def run_embedded(settings: Settings, demo_tenant: str, engine_base_port: i
     spec = load_spec(settings.config_path)
     if engine_base_port is not None:
         spec = with_engine_base_port(spec, engine_base_port)
+    if settings.engine_api_key is None:  # a fresh key per run: only this gateway can use the engines
+        settings = settings.model_copy(update={"engine_api_key": SecretStr(secrets.token_urlsafe(32))})
+    assert settings.engine_api_key is not None
     app = create_app(settings, spec)  # every setting and file checked before an engine starts
-    check_ports(settings, spec)  # a busy port is one line now, not a traceback after the engines
+    # A busy port is one line now, not a traceback after the engines (the launcher's own
+    # PortTakenError stays as the backstop for a port taken between this check and the start).
+    check_ports(settings, spec)
     remember(settings.data_dir)
-    launcher = EngineLauncher(spec, settings.data_dir, settings.data_dir / "logs")
+    launcher = EngineLauncher(
+        spec,
+        settings.data_dir,
+        settings.data_dir / "logs",
+        api_key=settings.engine_api_key.get_secret_value(),
+    )
     engines = sum(p.replicas for p in spec.pools if p.launched)
     _progress(f"starting {engines} engine(s) from {settings.config_path}")
     supervisor: asyncio.Task[None] | None = None
@@ -177,7 +180,7 @@ async def run_embedded(settings: Settings, demo_tenant: str, engine_base_port: i
         supervisor = asyncio.create_task(launcher.supervise())
         launcher.drain_hook = RouterDrain(app)
         launcher.restart_on_sighup()
-        server = uvicorn.Server(uvicorn_config(app, settings))
+        server = uvicorn.Server(uvicorn_config(app, settings, raise_open_file_limit()))
         freeze_startup_objects()
         _leave_signals_to_uvicorn()
         serving = asyncio.create_task(server.serve())
@@ -194,6 +197,9 @@ async def run_embedded(settings: Settings, demo_tenant: str, engine_base_port: i
         if not stopping.is_set():
             raise
         return 130  # interrupted while the engines were loading
+    except EngineStartError as exc:  # e.g. a port taken by an engine an earlier run left behind
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
     finally:
         if supervisor is not None:
             supervisor.cancel()

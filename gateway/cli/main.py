@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.datadir import MissingDatabaseError, locate, require_database
+from gateway.cli.reconcile import add_reconcile_command
 from gateway.config.limits import load_default_limits
 from gateway.config.loader import ConfigError
 from gateway.config.prices import load_prices
@@ -318,6 +319,7 @@ def _add_usage_commands(commands: Any) -> None:
     report.add_argument("--format", choices=sorted(_RENDERERS), default="table")
     report.add_argument("--chart", type=Path, help="also write an HTML chart per day and model here")
     report.set_defaults(handler=_store_command(_usage_report, reads=True))
+    add_reconcile_command(usage, lambda command: _store_command(command, reads=True))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway.config.loader import load_model
 
 TINY_MODEL_SOURCE = "builtin:tiny-llama"
+# vLLM's (and the simulator's) environment variable for the API key it requires on /v1.
+ENGINE_KEY_VARIABLE = "VLLM_API_KEY"
 
 
 class ReplicaSpec(BaseModel):
@@ -30,7 +32,8 @@ class ReplicaSpec(BaseModel):
 
 
 class QueueSpec(BaseModel):
-    """Bounds of a pool's fair queue (used only when ``max_inflight_per_engine`` is set)."""
+    """Bounds of a pool's fair queue: requests waiting for a saturated engine (with
+    ``max_inflight_per_engine``), or for an engine to come back (``GATEWAY_NO_ENGINE_WAIT_S``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -97,6 +100,9 @@ class PoolSpec(BaseModel):
     # ``mistral``, ...): the engines start with ``--enable-auto-tool-choice --tool-call-parser``,
     # so ``tools`` with ``tool_choice: "auto"`` work. Unset: only named or no tool choice.
     tool_call_parser: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    # ``--host`` in ``vllm_args`` binds a launched engine beyond loopback, where anything that
+    # reaches it bypasses the gateway: refused unless this says it is meant (and then logged).
+    allow_host_override: bool = False
     env: dict[str, str] = Field(default_factory=dict)
     # External engines (already running): when set, nothing is launched for this pool.
     endpoints: list[str] = Field(default_factory=list)
@@ -130,8 +136,27 @@ class PoolSpec(BaseModel):
             raise ValueError("a pool with discovery takes neither endpoints nor dedicated")
         if self.host not in ("127.0.0.1", "localhost", "::1") and self.launched:
             raise ValueError("launched engines bind loopback only; use endpoints for remote engines")
+        self._check_engine_door()
         self._check_dedicated()
         return self
+
+    def _check_engine_door(self) -> None:
+        """An engine's address and key are the launcher's: a pool may not quietly change them."""
+        flags = {arg.partition("=")[0] for arg in self.vllm_args}
+        if "--host" in flags and not self.allow_host_override:
+            raise ValueError(
+                "vllm_args sets --host: launched engines bind loopback so that only the gateway "
+                "reaches them; set allow_host_override: true if another address is meant"
+            )
+        if "--api-key" in flags or ENGINE_KEY_VARIABLE in self.env:
+            raise ValueError(
+                f"the engines' API key is the gateway's (GATEWAY_ENGINE_API_KEY, given to each engine "
+                f"as {ENGINE_KEY_VARIABLE}); vllm_args and env may not set their own"
+            )
+
+    @property
+    def overrides_host(self) -> bool:
+        return any(arg.partition("=")[0] == "--host" for arg in self.vllm_args)
 
     def _check_dedicated(self) -> None:
         count = len(self.endpoints) if self.endpoints else self.replicas

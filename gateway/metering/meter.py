@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections import deque
 
+from gateway.clock import Clock, wall
 from gateway.metering.journal import Journal
 from gateway.metering.pricing import PriceBook
 from gateway.metrics import UNKNOWN, GatewayMetrics
@@ -32,17 +33,35 @@ class LedgerWriter:
         metrics: GatewayMetrics,
         flush_interval_s: float,
         batch_size: int,
+        clock: Clock = wall,
     ) -> None:
         self._store = store
         self._journal = journal
         self._metrics = metrics
         self._interval_s = flush_interval_s
         self._batch_size = batch_size
+        self._clock = clock  # rows' ``ended_at`` is wall time: the backlog's age too
         self._pending: deque[UsageRecord] = deque()
+        self._failing = False  # the last write failed: rows wait in the journal (and here)
+        metrics.ledger_backlog.set_function(lambda: len(self._pending))
+        metrics.ledger_backlog_age.set_function(self.backlog_age_s)
         self._wakeup = asyncio.Event()
         # One flush at a time: two would write the same batch and then each pop it, dropping
         # unwritten rows from the queue (``close`` and callers may flush while ``flush_when_due`` does).
         self._flushing = asyncio.Lock()
+
+    @property
+    def spooling(self) -> bool:
+        """Rows are waiting because the database refused the last write (an outage)."""
+        return self._failing and bool(self._pending)
+
+    @property
+    def backlog_rows(self) -> int:
+        return len(self._pending)
+
+    def backlog_age_s(self) -> float:
+        """How long the oldest row waiting for the database has waited (0: none waits)."""
+        return max(0.0, self._clock() - self._pending[0].ended_at) if self._pending else 0.0
 
     def submit(self, record: UsageRecord) -> None:
         self._pending.append(record)
@@ -60,7 +79,6 @@ class LedgerWriter:
     async def flush(self) -> None:
         async with self._flushing:
             await self._flush_pending()
-        self._metrics.ledger_pending.set(len(self._pending))
 
     async def _flush_pending(self) -> None:
         while self._pending:
@@ -68,10 +86,12 @@ class LedgerWriter:
             try:
                 await self._store.insert_usage(batch)
             except Exception:  # the store may be down; keep the rows and try again later
+                self._failing = True
                 self._metrics.ledger_failures.inc()
                 logger.exception("ledger write of %d rows failed; will retry", len(batch))
                 await asyncio.sleep(min(self._interval_s * 20, 1.0))
                 return
+            self._failing = False
             for _ in batch:
                 self._pending.popleft()
             self._journal.committed(batch)
@@ -118,7 +138,9 @@ class Meter:
         """Cost at the price in force when the request started (never a later one)."""
         price = self._prices.price_at(record.model, record.started_at)
         if price is not None:
-            record.cost_pico = price.cost_pico(record.prompt_tokens, record.completion_tokens)
+            record.cost_pico = price.cost_pico(
+                record.prompt_tokens, record.completion_tokens, record.cached_tokens
+            )
             record.price_version = price.version
 
     def finish(
@@ -136,6 +158,7 @@ class Meter:
             record.ttft_s,
             streamed,
             record.cost_pico,
+            record.cached_tokens,
         )
         self.record(record)
 

@@ -4,15 +4,21 @@ Money never touches a float: prices are ``Decimal`` per million tokens with at m
 places (``gateway.config.prices`` reads and checks the file), so the cost of one token is a whole
 number of picodollars (10^-12) and a request's cost is an exact integer. Integers sum exactly in
 SQLite and PostgreSQL alike; ``to_decimal`` converts back at the edge (reports, the admin API).
+
+A request's cost is its uncached prompt tokens at the input price, its cached prompt tokens at the
+cached-input price and its completion tokens at the output price. An explicit cached price is a
+whole number of picodollars a token like any price; one given as a factor of the input price is
+rounded half-even to a whole picodollar a token (0.1 × $0.000015/M would be 1.5 pico: 2), so every
+cost stays an exact integer and every request of a price version pays the same per-token rate.
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
-from gateway.config.prices import PriceTable
+from gateway.config.prices import DEFAULT_CACHED_PROMPT_FACTOR, PriceTable
 from gateway.money import PICO
 from gateway.utc import day_of, midnight
 
@@ -27,15 +33,36 @@ class Price:
     effective_at: float  # epoch seconds, 00:00 UTC of the effective date
     prompt_per_million: Decimal
     completion_per_million: Decimal
+    # The cached-input price: explicit, else ``cached_prompt_factor`` × the input price.
+    cached_prompt_per_million: Decimal | None = None
+    cached_prompt_factor: Decimal = DEFAULT_CACHED_PROMPT_FACTOR
 
     @property
     def version(self) -> str:
         return f"{self.model}@{day_of(self.effective_at)}"
 
-    def cost_pico(self, prompt_tokens: int, completion_tokens: int) -> int:
-        prompt = int(self.prompt_per_million * _PER_MILLION_TO_PICO_PER_TOKEN)
-        completion = int(self.completion_per_million * _PER_MILLION_TO_PICO_PER_TOKEN)
-        return prompt_tokens * prompt + completion_tokens * completion
+    @property
+    def cached_prompt_pico(self) -> int:
+        """Picodollars per cached prompt token (a factor's product rounded half-even)."""
+        if self.cached_prompt_per_million is not None:
+            return _pico_per_token(self.cached_prompt_per_million)
+        cached = _pico_per_token(self.prompt_per_million) * self.cached_prompt_factor
+        return int(cached.to_integral_value(rounding=ROUND_HALF_EVEN))
+
+    def cost_pico(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
+        """The exact cost in picodollars; ``cached_tokens`` are those of ``prompt_tokens`` the
+        engine served from its prefix cache."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        return (
+            (prompt_tokens - cached) * _pico_per_token(self.prompt_per_million)
+            + cached * self.cached_prompt_pico
+            + completion_tokens * _pico_per_token(self.completion_per_million)
+        )
+
+
+def _pico_per_token(per_million: Decimal) -> int:
+    """A price per million tokens of at most six decimals, as whole picounits per token."""
+    return int(per_million * _PER_MILLION_TO_PICO_PER_TOKEN)
 
 
 class PriceBook:
@@ -60,6 +87,12 @@ class PriceBook:
                 effective_at=midnight(entry.effective),
                 prompt_per_million=entry.prompt_per_million,
                 completion_per_million=entry.completion_per_million,
+                cached_prompt_per_million=entry.cached_prompt_per_million,
+                cached_prompt_factor=(
+                    entry.cached_prompt_factor
+                    if entry.cached_prompt_factor is not None
+                    else table.cached_prompt_factor
+                ),
             )
             for entry in table.prices
         ]

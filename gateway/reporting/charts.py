@@ -135,22 +135,40 @@ def _legend(models: list[str]) -> str:
     return f'<p class="legend">{"".join(items) or "No usage in this period."}</p>'
 
 
+def _per_model(cells: dict[tuple[str, str], int]) -> dict[str, int]:
+    totals: dict[str, int] = defaultdict(int)
+    for (_, model), value in cells.items():
+        totals[model] += value
+    return totals
+
+
 def _totals_table(usage: DailyUsage) -> str:
-    """Tokens and exact cost per model and in total: the numbers the report also gives."""
-    tokens: dict[str, int] = defaultdict(int)
-    cost: dict[str, int] = defaultdict(int)
-    for (_, model), count in usage.tokens.items():
-        tokens[model] += count
-    for (_, model), pico in usage.cost_pico.items():
-        cost[model] += pico
+    """Tokens (of which cached prompt tokens) and exact cost per model and in total: the numbers
+    the report also gives."""
+    tokens, cached, cost = (
+        _per_model(usage.tokens),
+        _per_model(usage.cached_tokens),
+        _per_model(usage.cost_pico),
+    )
 
-    def row(name: str, count: int, pico: int, css: str = "") -> str:
-        return f"<tr{css}><td>{escape(name)}</td><td>{count:,}</td><td>{format_amount(pico)}</td></tr>"
+    def row(name: str, count: int, hits: int, pico: int, css: str = "") -> str:
+        cells = f"<td>{count:,}</td><td>{hits:,}</td><td>{format_amount(pico)}</td>"
+        return f"<tr{css}><td>{escape(name)}</td>{cells}</tr>"
 
-    rows = [row(m, tokens[m], cost[m]) for m in usage.models]
-    rows.append(row("total", sum(tokens.values()), sum(cost.values()), ' class="total"'))
-    header = f"<tr><th>model</th><th>tokens</th><th>cost ({escape(usage.currency)})</th></tr>"
+    rows = [row(m, tokens[m], cached[m], cost[m]) for m in usage.models]
+    totals = (sum(tokens.values()), sum(cached.values()), sum(cost.values()))
+    rows.append(row("total", *totals, ' class="total"'))
+    header = (
+        "<tr><th>model</th><th>tokens</th><th>of which cached prompt</th>"
+        f"<th>cost ({escape(usage.currency)})</th></tr>"
+    )
     return f"<table>{header}{''.join(rows)}</table>"
+
+
+def _tokens_tip(usage: DailyUsage, day: str, model: str) -> str:
+    tip = f"{usage.tokens.get((day, model), 0):,} tokens"
+    cached = usage.cached_tokens.get((day, model), 0)
+    return f"{tip} ({cached:,} cached prompt)" if cached else tip
 
 
 def render_usage_chart(usage: DailyUsage) -> str:
@@ -158,9 +176,7 @@ def render_usage_chart(usage: DailyUsage) -> str:
     days = usage.period.days()
     tokens: Cells = {cell: float(v) for cell, v in usage.tokens.items()}
     cost: Cells = {cell: float(to_decimal(v)) for cell, v in usage.cost_pico.items()}
-    tokens_panel = _panel(
-        days, usage.models, tokens, "tokens", True, lambda d, m: f"{usage.tokens.get((d, m), 0):,} tokens"
-    )
+    tokens_panel = _panel(days, usage.models, tokens, "tokens", True, lambda d, m: _tokens_tip(usage, d, m))
     cost_panel = _panel(
         days,
         usage.models,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 from gateway.errors import InvalidRequestError
@@ -21,12 +21,16 @@ from gateway.records import ApiKey, UsageGroup
 from gateway.store import Store
 from gateway.store.base import GroupBy
 from gateway.tenancy.service import store_errors
-from gateway.utc import day_of, midnight
+from gateway.utc import DAY_S, day_of, midnight
 
 COST_DECIMALS = 12
 TOTAL = "total"
-NO_MODEL = "(no model)"  # the model line of requests refused before their body named one
-_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+NO_MODEL = "(no model)"  # the model line of requests refused before their body named a served one
+_TABLE_COLUMNS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cost")
+# A CSV is read by position too: columns added later go after the ones readers already know.
+_CSV_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+_CSV_ADDED = ("cached_tokens",)
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _day(value: str, param: str) -> date:
@@ -66,7 +70,7 @@ class ReportPeriod:
     @property
     def end(self) -> float:
         """00:00 UTC of the day after the last (excluded)."""
-        return midnight(self.last + timedelta(days=1))
+        return midnight(self.last) + DAY_S  # as a date, the day after 9999-12-31 does not exist
 
     def days(self) -> list[str]:
         count = (self.last - self.first).days + 1
@@ -91,6 +95,7 @@ class UsageReport:
             prompt_tokens=sum(g.prompt_tokens for g in self.lines),
             completion_tokens=sum(g.completion_tokens for g in self.lines),
             cost_pico=sum(g.cost_pico for g in self.lines),
+            cached_tokens=sum(g.cached_tokens for g in self.lines),
         )
 
 
@@ -104,6 +109,7 @@ class DailyUsage:
     models: list[str]
     tokens: dict[tuple[str, str], int]
     cost_pico: dict[tuple[str, str], int]
+    cached_tokens: dict[tuple[str, str], int] = field(default_factory=dict)  # of the prompt tokens
 
 
 class UsageReporter:
@@ -133,17 +139,20 @@ class UsageReporter:
         rows = await self._store.list_usage(await self._tenant_id(tenant), period.start, period.end)
         tokens: dict[tuple[str, str], int] = defaultdict(int)
         cost: dict[tuple[str, str], int] = defaultdict(int)
+        cached: dict[tuple[str, str], int] = defaultdict(int)
         for row in rows:
             cell = (day_of(row.started_at), row.model or NO_MODEL)
             tokens[cell] += row.prompt_tokens + row.completion_tokens
             cost[cell] += row.cost_pico
+            cached[cell] += row.cached_tokens
         models = sorted({model for _, model in tokens})
-        return DailyUsage(tenant, period, self._currency, models, dict(tokens), dict(cost))
+        return DailyUsage(tenant, period, self._currency, models, dict(tokens), dict(cost), dict(cached))
 
 
 def _named(groups: list[UsageGroup]) -> list[UsageGroup]:
-    """A request refused before its body named a model (not JSON, too large, the client gone)
-    has a ledger row with no model: its line says so instead of being blank."""
+    """A request refused before its body named a served model (not JSON, too large, the client
+    gone, a model not served: its name is not stored) has a ledger row with no model: its line
+    says so instead of being blank."""
     return [replace(g, group=NO_MODEL) if not g.group else g for g in groups]
 
 
@@ -152,6 +161,7 @@ def _line(group: UsageGroup) -> UsageLine:
         group=group.group,
         requests=group.requests,
         prompt_tokens=group.prompt_tokens,
+        cached_tokens=group.cached_tokens,
         completion_tokens=group.completion_tokens,
         total_tokens=group.prompt_tokens + group.completion_tokens,
         cost=format_amount(group.cost_pico),
@@ -177,27 +187,43 @@ def render_json(report: UsageReport) -> str:
     return report_response(report).model_dump_json(by_alias=True, indent=2)
 
 
-def _cells(report: UsageReport) -> list[list[str]]:
+def _cells(report: UsageReport, columns: tuple[str, ...]) -> list[list[str]]:
     """Header, one row per group, then the totals row; every cell a string."""
-    rows = [[report.group_by, *_COLUMNS]]
+    rows = [[report.group_by, *columns]]
     for group in [*report.lines, report.total]:
         line = _line(group)
-        rows.append([line.group, *(str(getattr(line, column)) for column in _COLUMNS)])
+        rows.append([line.group, *(str(getattr(line, column)) for column in columns)])
     return rows
 
 
+def csv_cell(value: str) -> str:
+    """A cell a spreadsheet shows as text, never runs: one starting with ``= + - @``, a tab or a
+    carriage return (a formula to Excel, LibreOffice and Sheets) gets a leading apostrophe, as
+    OWASP advises. Groups can be names a tenant chose (a model it asked for, in older rows).
+
+    A carriage return becomes a newline: the writer quotes a cell with a newline (our line
+    terminator) but not one with a lone CR, which a spreadsheet would read as the end of the row.
+    """
+    cell = "'" + value if value.startswith(_FORMULA_STARTS) else value
+    return cell.replace("\r\n", "\n").replace("\r", "\n") if "\r" in cell else cell
+
+
 def render_csv(report: UsageReport) -> str:
+    """The report's columns, then ``currency``, then the columns added since (``cached_tokens``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    header, *rows = _cells(report)
-    writer.writerow([*header, "currency"])
-    writer.writerows([*row, report.currency] for row in rows)
+    known, added = _cells(report, _CSV_COLUMNS), _cells(report, _CSV_ADDED)
+    writer.writerow([*known[0], "currency", *added[0][1:]])
+    writer.writerows(
+        [*map(csv_cell, row), csv_cell(report.currency), *map(csv_cell, more[1:])]
+        for row, more in zip(known[1:], added[1:], strict=True)
+    )
     return out.getvalue()
 
 
 def render_table(report: UsageReport) -> str:
     """Aligned text for a terminal: groups left, numbers right, a rule above the totals."""
-    rows = _cells(report)
+    rows = _cells(report, _TABLE_COLUMNS)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def fmt(row: list[str]) -> str:

@@ -6,6 +6,11 @@ answers ``/health`` but fails requests (5xx, timeouts, streams that break off): 
 through as a probe (half-open). Success brings it back; failure ejects it again for twice as
 long, up to ``max_cooldown_s``. Envoy's outlier detection and classic circuit breakers work this
 way; a single probe keeps a broken engine from taking a burst of requests each time it returns.
+
+One request's error never takes a model's last routable engine out of rotation: an engine that
+could not be reached is marked down at once only while another engine can take over; the last
+one is probed (``/health``) and the probe decides. Passive ejection spares it too (like Envoy's
+panic threshold): ejecting it would turn its errors into 503s for everyone.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -24,6 +29,8 @@ from gateway.routing.endpoint import Endpoint
 from gateway.routing.router import Router
 
 logger = logging.getLogger(__name__)
+
+Probe = Callable[[Endpoint], Awaitable[bool]]  # whether the engine's ``/health`` answers 200
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class HealthChecker:
         timeout_s: float,
         ejection: EjectionPolicy | None = None,
         clock: Clock = monotonic,
+        probe: Probe | None = None,
     ) -> None:
         self._router = router
         self._session = session
@@ -53,6 +61,8 @@ class HealthChecker:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._ejection = ejection or EjectionPolicy()
         self._clock = clock  # the pools' clock: ejections end on the time they route by
+        self._probe = probe or self._get_health
+        self._probes: dict[Endpoint, asyncio.Future[None]] = {}  # one probe at a time per engine
 
     async def check_all(self) -> None:
         await self.check(self._router.endpoints())
@@ -73,12 +83,31 @@ class HealthChecker:
                 pool.grant_waiting()  # an endpoint whose cool-down ended may take a waiter
 
     async def _check(self, endpoint: Endpoint) -> None:
+        self.mark(endpoint, await self._probe(endpoint))
+
+    async def _get_health(self, endpoint: Endpoint) -> bool:
         try:
             async with self._session.get(f"{endpoint.url}/health", timeout=self._timeout) as resp:
-                healthy = resp.status == 200
+                return resp.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError):
-            healthy = False
-        self.mark(endpoint, healthy)
+            return False
+
+    async def unreachable(self, endpoint: Endpoint) -> None:
+        """A request could not reach the engine, not even on a fresh connection. While another
+        engine can take over it is marked down at once (the health checks bring it back); the
+        last routable one is probed now and stays in rotation unless its ``/health`` fails."""
+        if self._others_routable(endpoint):
+            self.mark(endpoint, False)
+            return
+        probe = self._probes.get(endpoint)
+        if probe is None:
+            probe = self._probes[endpoint] = asyncio.ensure_future(self._check(endpoint))
+            probe.add_done_callback(lambda _: self._probes.pop(endpoint, None))
+        await asyncio.shield(probe)  # a caller that gives up leaves the probe to the others
+
+    def _others_routable(self, endpoint: Endpoint) -> bool:
+        pool = self._router.pools.get(endpoint.model)
+        return pool is None or pool.routable_besides(endpoint)
 
     def mark(self, endpoint: Endpoint, healthy: bool) -> None:
         changed = healthy != endpoint.healthy
@@ -112,10 +141,10 @@ class HealthChecker:
             if not endpoint.probing:
                 return  # a request from before the ejection: already counted in
             cooldown = min(max(endpoint.cooldown_s, policy.cooldown_s) * 2, policy.max_cooldown_s)
-        elif endpoint.failures >= policy.failures:
+        elif endpoint.failures >= policy.failures and self._others_routable(endpoint):
             cooldown = policy.cooldown_s
         else:
-            return
+            return  # below the streak, or the last engine: its errors reach the clients as they are
         endpoint.cooldown_s = cooldown
         endpoint.ejected_until = self._clock() + cooldown
         endpoint.probing = False

@@ -5,6 +5,10 @@ them; it uses them first and, when ``spill_over`` is on, the shared ones once it
 saturated or down. With ``max_inflight`` set, an endpoint holding that many requests is
 saturated and on-demand requests wait in the pool's ``FairQueue``; every request in flight is
 given back through ``EnginePool.release``, which hands the freed slot to the next waiter.
+
+When no engine a request may use is up but the pool has some (down, ejected, draining: a restart
+under way), the request is held in the same queue for up to ``no_engine_wait_s`` and gets the
+first engine that comes back, instead of a 503 at once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from gateway.routing.policies import RoutingPolicy, create_policy
 
 logger = logging.getLogger(__name__)
 
+# What a request held for an engine that did not come back is told to wait before trying again.
+NO_ENGINE_RETRY_AFTER_S = 5.0
+
 
 @dataclass(eq=False)
 class EnginePool:
@@ -38,6 +45,7 @@ class EnginePool:
     fair_share: bool = False
     active_window_s: float = 2.0
     clock: Clock = field(default=monotonic, repr=False)  # ejection cool-downs and fair-share windows
+    no_engine_wait_s: float = 0.0  # how long a request waits for an engine to come back (needs a queue)
     shared: list[Endpoint] = field(init=False)
     # Shared slots held per tenant, and when each tenant last asked for one (for ``fair_share``).
     _holding: dict[str, int] = field(init=False, default_factory=dict)
@@ -72,14 +80,39 @@ class EnginePool:
     async def acquire(
         self, tenant: str, exclude: Iterable[Endpoint] = (), key: str | None = None
     ) -> Endpoint:
-        """Take a slot on an endpoint for ``tenant``, waiting in the fair queue when saturated."""
-        endpoint = self.pick(tenant, exclude, key)
+        """Take a slot on an endpoint for ``tenant``, waiting in the fair queue when saturated, or
+        while none of its engines is up but one is expected back (``expected_back``)."""
+        try:
+            endpoint = self.pick(tenant, exclude, key)
+        except NoHealthyEngineError:
+            if self.queue is None or self.no_engine_wait_s <= 0 or not self.expected_back(tenant):
+                raise
+            return await self._wait(tenant, self.no_engine_wait_s)
         if self.fair_share:
             self._seen[tenant] = self.clock()
         if not self._must_wait(endpoint, tenant):
             self._take_slot(endpoint, tenant)
             return endpoint
-        return await self._wait(tenant)
+        assert self.queue is not None
+        return await self._wait(tenant, self.queue.max_wait_s)
+
+    def usable_by(self, tenant: str) -> list[Endpoint]:
+        """Every endpoint ``tenant`` may be sent to, up or not."""
+        reserved = self.dedicated.get(tenant, [])
+        return reserved if reserved and not self.spill_over else reserved + self.shared
+
+    def expected_back(self, tenant: str) -> bool:
+        """None of the engines ``tenant`` may use is routable, yet it has some: they are down,
+        ejected or draining, i.e. (re)starting. An engine that is up but was tried already, or
+        a pool with no engine at all (discovery found none), is not waited for."""
+        now = self.clock()
+        usable = self.usable_by(tenant)
+        return bool(usable) and not any(e.routable(now) for e in usable)
+
+    def routable_besides(self, endpoint: Endpoint) -> bool:
+        """Whether another engine of the pool would take traffic now."""
+        now = self.clock()
+        return any(e is not endpoint and e.routable(now) for e in self.endpoints)
 
     def _must_wait(self, endpoint: Endpoint, tenant: str) -> bool:
         """A shared engine when it is saturated, others wait or the tenant holds its share; never
@@ -130,10 +163,9 @@ class EnginePool:
             while queue.waiting(tenant) and (endpoint := self._free(own)) is not None:
                 if (waiter := queue.pop_tenant(tenant)) is not None:
                     self._grant(waiter, endpoint)
-        eligible = (lambda t: not self._over_share(t)) if self.fair_share else None
         while queue.depth and (endpoint := self._free(self.shared)) is not None:
-            if (waiter := queue.pop_next(eligible)) is None:
-                break  # everyone waiting holds its share already
+            if (waiter := queue.pop_next(self._may_share)) is None:
+                break  # everyone waiting holds its share already, or may not use shared engines
             self._grant(waiter, endpoint)
         self._report_depth()
 
@@ -154,6 +186,13 @@ class EnginePool:
             self.__post_init__()
         return added, removed
 
+    def _may_share(self, tenant: str) -> bool:
+        """Whether a waiting ``tenant`` may take a shared slot now: not one kept on its own
+        engines (no spill-over, held while they restart), nor one holding its fair share."""
+        if not self.spill_over and tenant in self.dedicated:
+            return False
+        return not (self.fair_share and self._over_share(tenant))
+
     def _saturated(self, endpoint: Endpoint) -> bool:
         return self.max_inflight is not None and endpoint.inflight >= self.max_inflight
 
@@ -168,7 +207,7 @@ class EnginePool:
         if self.metrics is not None:
             self.metrics.queue_wait.labels(self.model).observe(time.perf_counter() - waiter.since)
 
-    async def _wait(self, tenant: str) -> Endpoint:
+    async def _wait(self, tenant: str, timeout_s: float) -> Endpoint:
         queue = self.queue
         assert queue is not None
         try:
@@ -181,7 +220,7 @@ class EnginePool:
             raise
         self.grant_waiting()  # a slot may be free already (an engine just came back)
         try:
-            async with asyncio.timeout(queue.max_wait_s):
+            async with asyncio.timeout(timeout_s):
                 return await waiter.future
         except BaseException as exc:
             if waiter.future.done() and not waiter.future.cancelled():
@@ -190,12 +229,20 @@ class EnginePool:
                 queue.remove(waiter)
                 self._report_depth()
             if isinstance(exc, TimeoutError):
-                self._count_rejected("timeout")
-                raise EnginesBusyError(
-                    f"The engines serving `{self.model}` stayed busy for {queue.max_wait_s:g}s.",
-                    RETRY_AFTER_S,
-                ) from None
+                raise self._gave_up(tenant, timeout_s) from None
             raise
+
+    def _gave_up(self, tenant: str, waited_s: float) -> NoHealthyEngineError | EnginesBusyError:
+        """Why a request waited in vain: its engines stayed down, or stayed busy."""
+        if self.expected_back(tenant):
+            self._count_rejected("no_engine")
+            return NoHealthyEngineError(
+                f"No engine serving `{self.model}` came back within {waited_s:g}s.", NO_ENGINE_RETRY_AFTER_S
+            )
+        self._count_rejected("timeout")
+        return EnginesBusyError(
+            f"The engines serving `{self.model}` stayed busy for {waited_s:g}s.", RETRY_AFTER_S
+        )
 
     def _report_depth(self) -> None:
         if self.metrics is not None and self.queue is not None:
@@ -207,16 +254,20 @@ class EnginePool:
 
     @classmethod
     def from_spec(
-        cls, spec: PoolSpec, metrics: GatewayMetrics | None = None, clock: Clock = monotonic
+        cls,
+        spec: PoolSpec,
+        metrics: GatewayMetrics | None = None,
+        clock: Clock = monotonic,
+        no_engine_wait_s: float = 0.0,
     ) -> EnginePool:
+        """The pool ``spec`` describes. Its queue holds requests waiting for a saturated engine
+        (with ``max_inflight_per_engine``) and those waiting for an engine to come back."""
         endpoints = [
             Endpoint(spec.served_name, url, dedicated_to=spec.dedicated_owner(i))
             for i, url in enumerate(spec.endpoint_urls())
         ]
-        queue = None
-        if spec.max_inflight_per_engine is not None:
-            q = spec.queue
-            queue = FairQueue(spec.served_name, q.max_per_tenant, q.max_total, q.max_wait_s)
+        q = spec.queue
+        queue = FairQueue(spec.served_name, q.max_per_tenant, q.max_total, q.max_wait_s)
         return cls(
             model=spec.served_name,
             endpoints=endpoints,
@@ -228,4 +279,5 @@ class EnginePool:
             fair_share=spec.queue.fair_share,
             active_window_s=spec.queue.active_window_s,
             clock=clock,
+            no_engine_wait_s=no_engine_wait_s,
         )

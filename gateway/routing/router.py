@@ -18,9 +18,15 @@ class Router:
 
     @classmethod
     def from_spec(
-        cls, spec: DeploymentSpec, metrics: GatewayMetrics | None = None, clock: Clock = monotonic
+        cls,
+        spec: DeploymentSpec,
+        metrics: GatewayMetrics | None = None,
+        clock: Clock = monotonic,
+        no_engine_wait_s: float = 0.0,
     ) -> Router:
-        return cls({p.served_name: EnginePool.from_spec(p, metrics, clock) for p in spec.pools})
+        return cls(
+            {p.served_name: EnginePool.from_spec(p, metrics, clock, no_engine_wait_s) for p in spec.pools}
+        )
 
     def pool(self, model: str) -> EnginePool:
         pool = self.pools.get(model)

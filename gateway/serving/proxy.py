@@ -13,6 +13,7 @@ from starlette.responses import Response
 from gateway.admission.service import Admission
 from gateway.errors import (
     GatewayError,
+    InvalidRequestError,
     ModelNotFoundError,
     NoHealthyEngineError,
     PayloadTooLargeError,
@@ -87,17 +88,9 @@ class ProxyService:
         )
         exchange = Exchange(self._meter, self._admission, self._metrics, self._tails, record, key.tenant_name)
         try:
-            request = parse_request(
-                api,
-                await self._read_body(http),
-                key=key,
-                request_id=record.request_id,
-                session_id=http.headers.get("x-session-id"),
-            )
-            record.model, record.choices = request.model, request.n
-            record.service_tier = request.service_tier
-            if not key.allows(request.model):
-                raise ModelNotFoundError(request.model)
+            request = await self._accept(api, key, http, record.request_id)
+            record.model = request.model  # a served model's name: never a client's arbitrary string
+            record.choices, record.service_tier = request.n, request.service_tier
             exchange.reservation = await self._admission.admit(request, record.started_at)
             self._meter.start(record)
             exchange.pool = self._router.pool(request.model)
@@ -123,6 +116,24 @@ class ProxyService:
         body = self._body(exchange, request, streamed)
         return RelayResponse(exchange, body, upstream.status, upstream.content_type, streamed)
 
+    async def _accept(self, api: Api, key: ApiKey, http: Request, request_id: str) -> InferenceRequest:
+        """The typed request for a model this key may use and this gateway serves; else the 4xx
+        that refuses it, charged to the key's requests per minute (``Admission.charge_refused``)."""
+        try:
+            request = parse_request(
+                api,
+                await self._read_body(http),
+                key=key,
+                request_id=request_id,
+                session_id=http.headers.get("x-session-id"),
+            )
+            if not key.allows(request.model) or request.model not in self._router.pools:
+                raise ModelNotFoundError(request.model)
+        except InvalidRequestError:
+            await self._admission.charge_refused(key)
+            raise
+        return request
+
     async def _read_body(self, http: Request) -> bytes:
         declared = http.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._max_body_bytes:
@@ -136,8 +147,8 @@ class ProxyService:
                     raise self._too_large()
                 pieces.append(piece)
         except ClientDisconnect:
-            # A client that gives up mid-upload is an ordinary event, not a server error: it is
-            # metered as aborted (499) and counted in gateway_requests_total like any other.
+            # Gone mid-body, or cut off by the body timeout (a 408 was sent): an ordinary event,
+            # not a server error, metered as aborted (499) and counted in gateway_requests_total.
             logger.info("client disconnected while sending its request body (%d bytes read)", size)
             raise ClientDisconnectedError from None
         return b"".join(pieces)
@@ -159,7 +170,8 @@ class ProxyService:
     ) -> UpstreamResponse:
         """Send to the best engine. An engine that cannot be reached, that breaks off, or that
         answers 5xx before anything reached the client, is skipped for another; with none left,
-        the last 5xx is answered with its status and message (504 if connections timed out)."""
+        the last 5xx is answered with its status and message (504 if connections timed out).
+        While no engine is up but one is expected back, ``pool.acquire`` holds the request."""
         key = affinity_key(request) if pool.policy.wants_key else None
         tenant = request.key.tenant_name
         tried: list[Endpoint] = []
@@ -181,8 +193,10 @@ class ProxyService:
                 upstream = await self._attempt(endpoint, request, exchange)
             except EngineUnreachableError as exc:
                 record.endpoint = ""  # it never had the request
-                pool.release(endpoint, tenant)
-                self._health.mark(endpoint, False)
+                try:
+                    await self._health.unreachable(endpoint)  # the verdict before its slot is passed on
+                finally:
+                    pool.release(endpoint, tenant)
                 timed_out = timed_out or isinstance(exc, EngineConnectTimeoutError)
                 continue
             except BaseException:

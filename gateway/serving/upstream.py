@@ -63,25 +63,39 @@ class TransportResponse(Protocol):
 
 
 class UpstreamTransport(Protocol):
-    """Sends one POST and returns when the response headers are in.
+    """Sends one POST and returns when the response headers are in; ``fresh``: on a new
+    connection, not one from the keep-alive pool.
 
     Failures are raised as aiohttp raises them: ``aiohttp.ClientError`` subclasses, or
     ``TimeoutError`` for the transport's own timeouts."""
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> TransportResponse: ...
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], fresh: bool = False
+    ) -> TransportResponse: ...
 
 
 class AiohttpTransport:
-    """The production transport: one pooled aiohttp session, its responses used as they come."""
+    """The production transport: one pooled aiohttp session, its responses used as they come,
+    and a second one without keep-alive for the rare request that must go on a new connection."""
 
     def __init__(
         self, session: aiohttp.ClientSession, connect_timeout_s: float, request_timeout_s: float
     ) -> None:
         self._session = session
+        self._fresh: aiohttp.ClientSession | None = None
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
-        return await self._session.post(url, data=body, headers=headers, timeout=self._timeout)
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], fresh: bool = False
+    ) -> aiohttp.ClientResponse:
+        session = self._session
+        if fresh:
+            session = self._fresh = self._fresh or create_session(keepalive_timeout_s=None)
+        return await session.post(url, data=body, headers=headers, timeout=self._timeout)
+
+    async def aclose(self) -> None:
+        if self._fresh is not None:
+            await self._fresh.close()
 
 
 class EngineUnreachableError(UpstreamError):
@@ -186,14 +200,28 @@ def _transport_of(response: TransportResponse) -> asyncio.WriteTransport | None:
 class UpstreamClient:
     """Sends a prepared body to one endpoint, mapping transport failures onto gateway errors."""
 
-    def __init__(self, transport: UpstreamTransport, first_token_timeout_s: float) -> None:
+    def __init__(
+        self, transport: UpstreamTransport, first_token_timeout_s: float, engine_api_key: str | None = None
+    ) -> None:
         self._transport = transport
         self.first_token_timeout_s = first_token_timeout_s
+        # The key engines are started with (vLLM's --api-key / VLLM_API_KEY): only the gateway
+        # knows it, so a request that reaches an engine port directly is refused.
+        self._auth = {"Authorization": f"Bearer {engine_api_key}"} if engine_api_key else {}
 
     async def post(self, endpoint: Endpoint, path: str, body: bytes, request_id: str) -> UpstreamResponse:
-        headers = {"Content-Type": _JSON, "X-Request-Id": request_id}
+        headers = {"Content-Type": _JSON, "X-Request-Id": request_id, **self._auth}
+        url = endpoint.url + path
         try:
-            response = await self._transport.post(endpoint.url + path, body, headers)
+            try:
+                response = await self._transport.post(url, body, headers)
+            except aiohttp.ClientConnectionError as exc:
+                if not _stale_connection(exc):
+                    raise
+                # A pooled keep-alive connection the engine had closed (its idle timeout raced our
+                # send): the engine never saw the request. Once more, on a new connection.
+                logger.info("engine %s closed a pooled connection (%r); retrying on a new one", url, exc)
+                response = await self._transport.post(url, body, headers, fresh=True)
         except aiohttp.ConnectionTimeoutError:
             raise EngineConnectTimeoutError("Could not connect to the engine in time.") from None
         except TimeoutError:
@@ -207,9 +235,22 @@ class UpstreamClient:
         return UpstreamResponse(response, endpoint)
 
 
-def create_session() -> aiohttp.ClientSession:
-    """One pooled session for the app's life; keep-alive connections to every engine."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+def _stale_connection(exc: aiohttp.ClientConnectionError) -> bool:
+    """A connection that broke before the response headers, as a pooled one the engine closed
+    does (disconnected, reset); not one that could not be opened (refused, DNS, connect timeout):
+    aiohttp's own retry of idempotent requests draws the same line (RFC 9112, 9.3.1.1)."""
+    stale = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientConnectionResetError)
+    return isinstance(exc, stale) and not isinstance(exc, aiohttp.ClientConnectorError)
+
+
+def create_session(keepalive_timeout_s: float | None = 4.0) -> aiohttp.ClientSession:
+    """One pooled session for the app's life; keep-alive connections to every engine, dropped
+    after ``keepalive_timeout_s`` idle (keep it below the engines' own: uvicorn's is 5 s).
+    ``None``: no keep-alive, every request on a new connection."""
+    if keepalive_timeout_s is None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, force_close=True)
+    else:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=keepalive_timeout_s)
     return aiohttp.ClientSession(
         connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
     )

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from typing import Literal, Protocol
 
 from gateway.limit_spec import LimitSpec
-from gateway.records import ApiKey, Tenant, TenantStatus, UsageGroup, UsageRecord
+from gateway.records import ApiKey, EngineSample, Tenant, TenantStatus, UsageGroup, UsageRecord
+from gateway.store.counters import CounterAdvance
 from gateway.store.events import UsageEventLog
+from gateway.store.settlement import ReconcileHour, SettledPeriod, SettlementPlan
 
 GroupBy = Literal["day", "model", "key"]
 
@@ -113,4 +115,27 @@ class Store(Protocol):
     ) -> list[UsageGroup]:
         """Totals of rows with ``start <= started_at < end`` per UTC day (``YYYY-MM-DD``), model or
         key id, ordered by group."""
+        ...
+
+    # Reconciliation with the engines' own counters (gateway/store/counters.py, gateway/reconcile)
+    async def record_engine_sample(self, sample: EngineSample) -> CounterAdvance | None:
+        """Count a reading of an engine's counters against its cursor (``counters.advance``) under
+        the cursor's lock; None when it was the first reading (the baseline) or a stale one."""
+        ...
+
+    async def settle_next_period(
+        self, due_before: float, settled_at: float, plan: SettlementPlan
+    ) -> SettledPeriod | None:
+        """Settle the oldest unsettled period of some engine that ended by ``due_before``, one
+        transaction: insert the adjustments ``plan`` returns and mark the period settled. None
+        when no period is due (or every due one is being settled by another process)."""
+        ...
+
+    async def reconcile_hours(self, start: float, end: float) -> list[ReconcileHour]:
+        """Engine counters and ledger sums per engine and UTC hour, for hours in ``[start, end)``."""
+        ...
+
+    async def metering_drift(self, since: float) -> dict[str, int]:
+        """Per engine, the tokens left unexplained over settled periods ending at or after ``since``
+        (engine minus ledger minus adjustments; periods with a restart left out)."""
         ...

@@ -12,18 +12,19 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from operator import attrgetter
 from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from gateway.limit_spec import LimitSpec
 from gateway.records import ApiKey, Tenant, TenantStatus, UsageGroup, UsageRecord
 from gateway.store.base import UNSET, ConflictError, GroupBy, NotFoundError, StoreError, _Unset
 from gateway.store.postgres_events import PostgresEventLog
+from gateway.store.postgres_ledger import insert_usage_rows
+from gateway.store.postgres_pool import ConnectionSource
+from gateway.store.postgres_reconcile import PostgresReconcile
 from gateway.store.postgres_schema import Connection, migrate
 from gateway.store.rows import (
     KEY_COLUMNS,
@@ -38,36 +39,6 @@ from gateway.store.rows import (
     usage_from_row,
 )
 
-# Ledger columns with the array type each is sent as (one binary array per column: ``insert_usage``).
-_USAGE_TYPES = {
-    "request_id": "text",
-    "tenant_id": "text",
-    "key_id": "text",
-    "model": "text",
-    "api": "text",
-    "started_at": "float8",
-    "endpoint": "text",
-    "outcome": "text",
-    "http_status": "int4",
-    "prompt_tokens": "int8",
-    "completion_tokens": "int8",
-    "ended_at": "float8",
-    "ttft_s": "float8",
-    "error_code": "text",
-    "cost_pico": "int8",
-    "price_version": "text",
-    "cached_tokens": "int8",
-    "choices": "int4",
-    "service_tier": "text",
-    "adjusts": "text",
-}
-_INSERT_USAGE = (
-    f"INSERT INTO usage_ledger ({USAGE_COLUMNS}) "
-    f"SELECT * FROM unnest({', '.join(f'%b::{t}[]' for t in _USAGE_TYPES.values())}) "
-    "ON CONFLICT (request_id) DO NOTHING"
-)
-# One ledger writer at a time across every gateway process; this constant spells "gw-ledgr".
-LEDGER_WRITE_LOCK = 0x67772D6C65646772
 # Report groupings: SQL expression per ``GroupBy``; days are UTC whatever the session's TimeZone.
 _UTC_DAY = "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 _GROUP_EXPR = {"day": _UTC_DAY, "model": "model", "key": "key_id"}
@@ -103,13 +74,6 @@ def report_query(
     return sql, args
 
 
-def _usage_columns(records: Sequence[UsageRecord]) -> list[list[Any]]:
-    """Column-wise values, sorted by request id so that concurrent batches lock rows in one order
-    (two batches taking overlapping ids in opposite orders would deadlock)."""
-    rows = sorted(records, key=attrgetter("request_id"))
-    return [list(map(attrgetter(column), rows)) for column in _USAGE_TYPES]
-
-
 def _models(value: list[str] | None) -> frozenset[str] | None:
     return frozenset(value) if value is not None else None
 
@@ -130,7 +94,7 @@ def _limits_json(limits: LimitSpec | None) -> Jsonb | None:
     return Jsonb(limits.stored()) if limits is not None else None
 
 
-class PostgresStore:
+class PostgresStore(PostgresReconcile):
     """The ``Store`` on a PostgreSQL database (``postgresql://`` or ``postgres://`` URLs).
 
     Every database failure surfaces as a ``StoreError`` (unique violations as ``ConflictError``),
@@ -139,9 +103,10 @@ class PostgresStore:
 
     def __init__(self, database_url: str, pool_size: int = 4, timeout_s: float = 10.0) -> None:
         self._conninfo = conninfo(database_url)
-        self._pool_size = pool_size
         self._timeout_s = timeout_s  # to connect, and to wait for a free pooled connection
-        self._pool: AsyncConnectionPool[Connection] | None = None
+        # Pooled connections; after an outage a fresh pool within a second of the database's return.
+        self._source = ConnectionSource(self._conninfo, pool_size, timeout_s)
+        self._open = False
         self.events = PostgresEventLog(self._connection)
 
     @classmethod
@@ -157,35 +122,21 @@ class PostgresStore:
             )
             async with connection:
                 await migrate(connection)
-            pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
-                self._conninfo,
-                min_size=1,
-                max_size=self._pool_size,
-                timeout=self._timeout_s,
-                kwargs={"autocommit": True},
-                open=False,
-                name="gateway-store",
-            )
-            try:
-                await pool.open(wait=True, timeout=self._timeout_s)
-            except BaseException:
-                await pool.close()
-                raise
-        self._pool = pool
+            await self._source.open()
+        self._open = True
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        self._open = False
+        await self._source.close()
 
     @asynccontextmanager
     async def _connection(self, transaction: bool = True) -> AsyncIterator[Connection]:
         """A pooled connection, in a transaction (committed on success, else rolled back) unless
         the caller runs a single statement: one round trip instead of three in autocommit mode."""
-        if self._pool is None:
+        if not self._open:
             raise StoreError("store is not open")
         with _translated_errors():
-            async with self._pool.connection() as conn:
+            async with self._source.connection() as conn:
                 if not transaction:
                     yield conn
                     return
@@ -304,18 +255,10 @@ class PostgresStore:
             return await _select_key(conn, key_id)
 
     async def insert_usage(self, records: Sequence[UsageRecord]) -> int:
-        # One statement per batch: a binary array per column, unnested server-side. Faster than
-        # executemany (pipelined) one-row INSERTs, and text arrays would be slower than both, as
-        # parsing them costs the server more (benchmarks/RESULTS.md, "Ledger").
-        # Batches are written one at a time (a transaction-scoped advisory lock), so rows commit in
-        # the order of their ``seq`` and a reader of the usage events never passes a number that a
-        # slower transaction is still to commit. A batch is a few per second per replica.
         if not records:
             return 0
         async with self._connection() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LEDGER_WRITE_LOCK,))
-            cursor = await conn.execute(_INSERT_USAGE, _usage_columns(records))
-            return cursor.rowcount
+            return await insert_usage_rows(conn, records)
 
     async def list_usage(
         self, tenant_id: str | None = None, start: float | None = None, end: float | None = None

@@ -72,9 +72,10 @@ MIGRATIONS: list[str] = [
         prefix_queries BIGINT NOT NULL,
         sampled_at DOUBLE PRECISION NOT NULL,
         quiet_at DOUBLE PRECISION,
-        quiet_prompt_tokens BIGINT,
-        quiet_generation_tokens BIGINT,
-        quiet_cached_tokens BIGINT
+        open_prompt_tokens BIGINT NOT NULL DEFAULT 0,
+        open_generation_tokens BIGINT NOT NULL DEFAULT 0,
+        open_cached_tokens BIGINT NOT NULL DEFAULT 0,
+        open_resets INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE engine_usage (
         engine TEXT NOT NULL,
@@ -96,8 +97,16 @@ MIGRATIONS: list[str] = [
         cached_tokens BIGINT NOT NULL,
         resets INTEGER NOT NULL DEFAULT 0,
         settled_at DOUBLE PRECISION,
+        ledger_prompt_tokens BIGINT,
+        ledger_generation_tokens BIGINT,
+        ledger_cached_tokens BIGINT,
+        adjusted_prompt_tokens BIGINT,
+        adjusted_generation_tokens BIGINT,
+        carry_prompt_tokens BIGINT,
+        carry_generation_tokens BIGINT,
         PRIMARY KEY (engine, end_at)
     );
+    CREATE INDEX reconcile_periods_open ON reconcile_periods (end_at) WHERE settled_at IS NULL;
     CREATE TABLE outbox_cursors (
         name TEXT PRIMARY KEY,
         seq BIGINT NOT NULL,

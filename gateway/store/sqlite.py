@@ -22,7 +22,6 @@ from gateway.store.rows import (
     KEY_COLUMNS,
     TENANT_COLUMNS,
     USAGE_COLUMNS,
-    USAGE_FIELDS,
     key_from_row,
     new_id,
     new_key,
@@ -31,17 +30,12 @@ from gateway.store.rows import (
     usage_from_row,
 )
 from gateway.store.sqlite_events import SqliteEventLog
+from gateway.store.sqlite_ledger import insert_usage_rows
+from gateway.store.sqlite_reconcile import SqliteReconcile
 from gateway.store.sqlite_schema import migrate
 
 T = TypeVar("T")
 
-# ``seq`` numbers rows in the order they are written (the usage events' cursor); one writer at a
-# time in SQLite, so the next number is the largest so far plus one (an index lookup).
-_PLACEHOLDERS = ", ".join("?" * len(USAGE_FIELDS))
-_INSERT_USAGE = (
-    f"INSERT OR IGNORE INTO usage_ledger ({USAGE_COLUMNS}, seq) VALUES ({_PLACEHOLDERS}, "
-    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM usage_ledger))"
-)
 # Report groupings: SQL expression per ``GroupBy``.
 _GROUP_EXPR = {"day": "date(started_at, 'unixepoch')", "model": "model", "key": "key_id"}
 
@@ -52,31 +46,6 @@ def sqlite_path(database_url: str) -> Path:
     if not database_url.startswith(prefix):
         raise ValueError(f"not a sqlite URL: {database_url!r}")
     return Path(database_url[len(prefix) :])
-
-
-def _usage_row(r: UsageRecord) -> tuple[Any, ...]:
-    return (
-        r.request_id,
-        r.tenant_id,
-        r.key_id,
-        r.model,
-        r.api,
-        r.started_at,
-        r.endpoint,
-        r.outcome.value,
-        r.http_status,
-        r.prompt_tokens,
-        r.completion_tokens,
-        r.ended_at,
-        r.ttft_s,
-        r.error_code,
-        r.cost_pico,
-        r.price_version,
-        r.cached_tokens,
-        r.choices,
-        r.service_tier,
-        r.adjusts,
-    )
 
 
 def _models(value: str | None) -> frozenset[str] | None:
@@ -99,7 +68,7 @@ def _limits_json(limits: LimitSpec | None) -> str | None:
     return json.dumps(limits.stored(), sort_keys=True) if limits is not None else None
 
 
-class SqliteStore:
+class SqliteStore(SqliteReconcile):
     """The ``Store`` on one SQLite file."""
 
     def __init__(self, path: Path) -> None:
@@ -268,14 +237,7 @@ class SqliteStore:
         return await self._run(update)
 
     async def insert_usage(self, records: Sequence[UsageRecord]) -> int:
-        rows = [_usage_row(r) for r in records]
-
-        def insert(conn: sqlite3.Connection) -> int:
-            before = conn.total_changes
-            conn.executemany(_INSERT_USAGE, rows)
-            return conn.total_changes - before
-
-        return await self._run(insert)
+        return await self._run(lambda conn: insert_usage_rows(conn, records))
 
     async def list_usage(
         self, tenant_id: str | None = None, start: float | None = None, end: float | None = None

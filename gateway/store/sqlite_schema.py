@@ -53,6 +53,10 @@ MIGRATIONS: list[str] = [
     """,
     # Metering, part 2: cached prompt tokens, choices (the engine counts the prompt once per choice),
     # the service tier, adjustment rows, the usage events' order, and the engines' own counters.
+    # engine_counters: each engine's last counted sample (the cursor every replica advances) and
+    # what it counted since its last quiet point (``open_*``); engine_usage: counter deltas per
+    # engine and UTC hour; reconcile_periods: the tokens between two quiet points, and once settled
+    # the ledger's sums, the adjustments made and the negative residual carried on (gateway/reconcile).
     """
     ALTER TABLE usage_ledger ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE usage_ledger ADD COLUMN choices INTEGER NOT NULL DEFAULT 1;
@@ -72,9 +76,10 @@ MIGRATIONS: list[str] = [
         prefix_queries INTEGER NOT NULL,
         sampled_at REAL NOT NULL,
         quiet_at REAL,
-        quiet_prompt_tokens INTEGER,
-        quiet_generation_tokens INTEGER,
-        quiet_cached_tokens INTEGER
+        open_prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        open_generation_tokens INTEGER NOT NULL DEFAULT 0,
+        open_cached_tokens INTEGER NOT NULL DEFAULT 0,
+        open_resets INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE engine_usage (
         engine TEXT NOT NULL,
@@ -96,8 +101,16 @@ MIGRATIONS: list[str] = [
         cached_tokens INTEGER NOT NULL,
         resets INTEGER NOT NULL DEFAULT 0,
         settled_at REAL,
+        ledger_prompt_tokens INTEGER,
+        ledger_generation_tokens INTEGER,
+        ledger_cached_tokens INTEGER,
+        adjusted_prompt_tokens INTEGER,
+        adjusted_generation_tokens INTEGER,
+        carry_prompt_tokens INTEGER,
+        carry_generation_tokens INTEGER,
         PRIMARY KEY (engine, end_at)
     );
+    CREATE INDEX reconcile_periods_open ON reconcile_periods (end_at) WHERE settled_at IS NULL;
     CREATE TABLE outbox_cursors (
         name TEXT PRIMARY KEY,
         seq INTEGER NOT NULL,

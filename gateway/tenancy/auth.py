@@ -26,6 +26,8 @@ _DISPLAY_CHARS = len(KEY_PREFIX) + 6
 _MAX_NEGATIVE_ENTRIES = 10_000
 # After a failed lookup, known keys are answered from the cache for this long without retrying.
 _STORE_RETRY_S = 1.0
+# What a caller refused during a database outage (a key never seen) is told to wait.
+STORE_RETRY_AFTER_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ class Authenticator:
             if cached is not None:  # a key seen before keeps working as it was (expiry still checked)
                 return cached[0]
             raise StoreUnavailableError(
-                "The service cannot verify API keys right now; retry shortly."
+                "The service cannot verify API keys right now; retry shortly.", STORE_RETRY_AFTER_S
             ) from exc
         finally:
             self._refreshing.discard(digest)
@@ -149,3 +151,19 @@ async def authorize_admin(
         # Not a usable tenant key either (or, in a database outage, not known to be one).
         raise AuthenticationError("Incorrect admin token provided.") from None
     raise PermissionDeniedError("A tenant API key cannot call the admin API.")
+
+
+def authorize_metrics(authorization: str | None, metrics_token: SecretStr | None, public: bool) -> None:
+    """Let a scrape of /metrics through: with the metrics token when one is set (401 otherwise),
+    else only where internals are public (403: tenant names and engine addresses are not for
+    everyone; production hides them until ``GATEWAY_METRICS_TOKEN`` is set)."""
+    expected = metrics_token.get_secret_value() if metrics_token is not None else ""
+    if expected:
+        if not hmac.compare_digest(bearer_token(authorization).encode(), expected.encode()):
+            raise AuthenticationError("Incorrect metrics token provided.")
+        return
+    if not public:
+        raise PermissionDeniedError(
+            "/metrics is not public here: set GATEWAY_METRICS_TOKEN and scrape with it as a bearer token.",
+            code="metrics_disabled",
+        )

@@ -22,6 +22,8 @@ from gateway.tenancy.auth import generate_key
 
 # Tenant names show up in metrics labels, CLI arguments and URLs: keep them plain.
 _TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# The longest a rotated key may keep working beside its replacement.
+MAX_GRACE_S = 366 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +193,10 @@ class TenancyService:
         own and now + grace.
         """
         grace = self._grace_s if grace_s is None else grace_s
-        if grace < 0:
-            raise InvalidRequestError("grace_s must be zero or more.", param="grace_s")
+        if not 0 <= grace <= MAX_GRACE_S:  # NaN fails too; 1e308 or inf made an unreadable expiry
+            raise InvalidRequestError(
+                f"grace_s must be from 0 to {MAX_GRACE_S:.0f} seconds (a year).", param="grace_s"
+            )
         old = await self.get_key(key_id)
         now = self._clock()
         if old.revoked_at is not None:

@@ -436,6 +436,7 @@ async def test_engines_are_listed_and_can_be_drained_and_resumed(gateway: Gatewa
     )
     assert drained.status_code == 200 and drained.json()["data"][0]["draining"] is True
     secret, _ = await gateway.new_key("drained")
+    gateway.state.router.pool(SIM_MODEL).no_engine_wait_s = 0  # refused at once, not held until resumed
     body = {"model": SIM_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     refused = await gateway.client.post(
         "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
@@ -451,3 +452,50 @@ async def test_engines_are_listed_and_can_be_drained_and_resumed(gateway: Gatewa
         "/admin/engines/drain", json={"url": "http://nowhere:1"}, headers=ADMIN
     )
     assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "url"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/admin/keys", {"tenant": "acme", "expires_at": "9999-12-31T23:59:59-12:00"}, "expires_at"),
+        ("/admin/keys", {"tenant": "acme", "expires_at": "9999-12-31T23:59:59+00:00"}, None),
+        ("rotate", {"grace_s": 1e308}, "grace_s"),
+        ("rotate", {"grace_s": "inf"}, "grace_s"),
+        ("rotate", {"grace_s": "nan"}, "grace_s"),
+        ("rotate", {"grace_s": 400 * 86400}, "grace_s"),
+        ("patch", {"expires_at": "9999-12-31T23:59:59-12:00"}, "expires_at"),
+    ],
+)
+async def test_admin_inputs_that_would_poison_the_store_are_refused_before_writing(
+    gateway: Gateway, path: str, body: dict[str, Any], param: str | None
+) -> None:
+    """These were 500s *after* the row was written (the new secret lost), and every later key
+    listing of the tenant was a 500 until the row was repaired by hand."""
+    _, key = await gateway.new_key("acme")
+    before = await gateway.state.store.list_keys("acme")
+    if path == "rotate":
+        resp = await gateway.client.post(f"/admin/keys/{key.id}/rotate", json=body, headers=ADMIN)
+    elif path == "patch":
+        resp = await gateway.client.patch(f"/admin/keys/{key.id}", json=body, headers=ADMIN)
+    else:
+        resp = await gateway.client.post(path, json=body, headers=ADMIN)
+    if param is None:  # the last second of the year 9999 in UTC can be written and read back
+        assert resp.status_code == 201 and resp.json()["expires_at"] == "9999-12-31T23:59:59Z"
+        return
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert await gateway.state.store.list_keys("acme") == before  # nothing written
+    assert (await gateway.client.get("/admin/keys?tenant=acme", headers=ADMIN)).status_code == 200
+
+
+async def test_a_key_row_with_an_unreadable_time_is_still_listed(gateway: Gateway) -> None:
+    """A row written before the checks (or by hand) must not make every listing a 500."""
+    _, key = await gateway.new_key("acme")
+    await gateway.state.store.update_key(key.id, expires_at=float("inf"))
+    listed = await gateway.client.get("/admin/keys?tenant=acme", headers=ADMIN)
+    assert listed.status_code == 200
+    assert [k["expires_at"] for k in listed.json()["data"]] == ["9999-12-31T23:59:59Z"]
+    await gateway.state.store.update_key(key.id, expires_at=1e308)
+    one = await gateway.client.get(f"/admin/keys/{key.id}", headers=ADMIN)
+    assert one.status_code == 200 and one.json()["expires_at"] == "9999-12-31T23:59:59Z"

@@ -131,6 +131,7 @@ async def _seed(cli: Cli) -> str:
                 prompt_tokens=10,
                 completion_tokens=5,
                 cost_pico=1_500_000,
+                cached_tokens=6,
             ),
             UsageRecord(
                 "r2",
@@ -160,19 +161,19 @@ def test_usage_report_formats_and_chart(cli: Cli, tmp_path: Path) -> None:
     assert expected["total"]["cost"] == "0.333334833333" and expected["total"]["total_tokens"] == 25
     as_csv = cli.run("usage", "report", *period, "--format", "csv").stdout
     assert as_csv == (
-        "day,requests,prompt_tokens,completion_tokens,total_tokens,cost,currency\n"
-        "2026-11-01,1,10,5,15,0.000001500000,USD\n"
-        "2026-11-02,1,7,3,10,0.333333333333,USD\n"
-        "total,2,17,8,25,0.333334833333,USD\n"
+        "day,requests,prompt_tokens,completion_tokens,total_tokens,cost,currency,cached_tokens\n"
+        "2026-11-01,1,10,5,15,0.000001500000,USD,6\n"
+        "2026-11-02,1,7,3,10,0.333333333333,USD,0\n"
+        "total,2,17,8,25,0.333334833333,USD,6\n"
     )
     chart = tmp_path / "usage.html"
     table = cli.run("usage", "report", *period, "--group-by", "key", "--chart", str(chart))
-    assert table.stdout.splitlines()[-1].split() == ["total", "2", "17", "8", "25", "0.333334833333"]
+    assert table.stdout.splitlines()[-1].split() == ["total", "2", "17", "6", "8", "25", "0.333334833333"]
     assert table.stderr == f"wrote {chart}\n"
     page = chart.read_text()
     assert page.count("<svg") == 2 and "<script" not in page and "0.333334833333" in page
     first_day_only = cli.run("usage", "report", *period[:4], "--to", "2026-11-01", "--format", "csv").stdout
-    assert first_day_only.splitlines()[-1] == "total,1,10,5,15,0.000001500000,USD"
+    assert first_day_only.splitlines()[-1] == "total,1,10,5,15,0.000001500000,USD,6"
     everyone = json.loads(
         cli.run("usage", "report", "--from", "2026-11-01", "--to", "2026-11-01", "--format", "json").stdout
     )
@@ -343,4 +344,5 @@ def test_a_bad_setting_or_limits_file_is_one_line_and_status_2(cli: Cli, tmp_pat
     cli.env["GATEWAY_PRICES_PATH"] = str(prices)
     refused = cli.run("usage", "report", "--from", "2026-11-01", "--to", "2026-11-01", ok=False)
     assert refused.returncode == 2
-    assert refused.stderr == f"error: {prices}: extra: unknown key; expected one of currency, prices\n"
+    expected = "unknown key; expected one of currency, cached_prompt_factor, prices"
+    assert refused.stderr == f"error: {prices}: extra: {expected}\n"

@@ -54,7 +54,7 @@ async def test_every_documented_metric_exists_from_the_start(gateway: Gateway) -
     assert sample(text, "gateway_engine_ejections_total", model=SIM_MODEL) == 0
     assert sample(text, "gateway_background_task_restarts_total", task="ledger") == 0
     assert sample(text, "gateway_auth_failures_total") == 0
-    assert sample(text, "gateway_ledger_pending_rows") == 0
+    assert sample(text, "gateway_ledger_backlog_rows") == 0
     assert "_created" not in text
 
 

@@ -151,7 +151,9 @@ async def test_connect_timeout_tries_the_next_engine_then_answers_504(
             assert {r.endpoint for r in await ledger(gw)} == {sim_engine}
 
         alone = PoolSpec(served_name=SIM_MODEL, endpoints=[black_hole])
-        async with serving(sim_engine, tmp_path / "alone", alone, **overrides) as gw:
+        # Its failed health probe marks it down: the request would be held for it to come back.
+        no_hold = {**overrides, "no_engine_wait_s": 0}
+        async with serving(sim_engine, tmp_path / "alone", alone, **no_hold) as gw:
             secret, _ = await gw.new_key("connect")
             gw.state.router.endpoints()[0].healthy = True
             started = time.monotonic()

@@ -237,10 +237,11 @@ async def test_engine_dying_mid_stream_ends_with_error_event_and_meters_tokens(g
 
 async def test_no_healthy_engine_gets_503(gateway: Gateway) -> None:
     secret, _ = await gateway.new_key()
+    gateway.state.router.pool(SIM_MODEL).no_engine_wait_s = 0  # no holding (tests/api/test_engine_faults.py)
     for endpoint in gateway.state.router.endpoints():
         endpoint.healthy = False
     resp = await gateway.client.post("/v1/chat/completions", json=CHAT, headers=auth(secret))
-    assert resp.status_code == 503
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
     assert resp.json()["error"] == {
         "message": f"No healthy engine is serving model `{SIM_MODEL}` right now.",
         "type": "service_unavailable",

@@ -73,8 +73,8 @@ async def test_a_failed_first_health_check_closes_everything_opened_before_it(
     sessions: list[aiohttp.ClientSession] = []
     create_session = gateway.app.create_session
 
-    def recorded_session() -> aiohttp.ClientSession:
-        sessions.append(create_session())
+    def recorded_session(keepalive_timeout_s: float | None = 4.0) -> aiohttp.ClientSession:
+        sessions.append(create_session(keepalive_timeout_s))
         return sessions[-1]
 
     async def check_all(self: HealthChecker) -> None:
@@ -101,5 +101,13 @@ async def test_shutdown_stops_every_background_task(tmp_path: Path) -> None:
         await asyncio.sleep(0)
         runners = {t for t in asyncio.all_tasks() if t.get_name().startswith("supervised:")}
         names = sorted(t.get_name().removeprefix("supervised:") for t in runners)
-        assert names == ["budgets", "drains", "engine-stats", "health", "ledger"]  # no discovery here
+        assert names == [
+            "budgets",
+            "drains",
+            "engine-stats",
+            "health",
+            "ledger",
+            "reconcile",
+            "reconcile-samples",
+        ]  # no discovery here
     assert all(t.done() for t in runners)

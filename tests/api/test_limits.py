@@ -185,3 +185,46 @@ async def test_redis_down_fails_open_or_closed_as_configured_and_is_counted(
             assert response.json()["error"]["code"] == "rate_limiter_unavailable"
         metrics = (await client.get("/metrics")).text
         assert (sample(metrics, "gateway_limiter_failures_total", operation="admit") or 0) >= 1
+
+
+async def sdk_call(gw: Gateway, secret: str, max_tokens: int) -> openai.RateLimitError:
+    """One call through the OpenAI SDK, allowed to retry twice; the error it ends with."""
+    transport = httpx.ASGITransport(app=gw.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway/v1") as http:
+        client = openai.AsyncOpenAI(
+            api_key=secret, base_url="http://gateway/v1", http_client=http, max_retries=2
+        )
+        with pytest.raises(openai.RateLimitError) as refused:
+            await client.chat.completions.create(
+                model=SIM_MODEL,
+                messages=CHAT["messages"],  # type: ignore[arg-type]
+                max_tokens=max_tokens,
+            )
+    return refused.value
+
+
+async def test_a_spent_budget_is_insufficient_quota_and_the_sdk_does_not_retry(gateway: Gateway) -> None:
+    """It was 429 rate_limit_exceeded, "try again in 712h": the SDK retried it at once."""
+    secret, _ = await gateway.new_key("budget")
+    await gateway.state.store.set_tenant_limits("budget", LimitSpec(monthly_tokens=40))
+    assert (await chat(gateway, secret)).status_code == 200  # 7 + 5 of the 40 used
+    await gateway.state.admission.wait_settled()
+    error = await sdk_call(gateway, secret, max_tokens=30)
+    assert (error.code, error.type) == ("insufficient_quota", "insufficient_quota")
+    assert error.response.headers["x-should-retry"] == "false"
+    assert "Not enough monthly tokens left in this tenant's budget: limit 40" in error.message
+    assert "renews at 00:00 UTC on the 1st" in error.message
+    rows = await ledger(gateway)
+    assert [(r.http_status, r.error_code) for r in rows] == [(200, None), (429, "insufficient_quota")]
+
+
+async def test_a_request_larger_than_the_tpm_limit_is_not_retried(gateway: Gateway) -> None:
+    secret, _ = await gateway.new_key("huge")
+    await gateway.state.store.set_tenant_limits("huge", LimitSpec(tpm=1000))
+    error = await sdk_call(gateway, secret, max_tokens=5000)
+    assert (error.code, error.type) == ("rate_limit_exceeded", "rate_limit_error")
+    assert error.response.headers["x-should-retry"] == "false"
+    assert "retrying cannot help" in error.message
+    assert len(await ledger(gateway)) == 1  # one attempt, not three
+    ordinary = await chat(gateway, secret)  # a request that fits is not told the same
+    assert ordinary.status_code == 200 and "x-should-retry" not in ordinary.headers

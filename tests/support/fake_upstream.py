@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 import orjson
+from aiohttp.client_reqrep import ConnectionKey
 from multidict import CIMultiDict, CIMultiDictProxy
 
 JSON = "application/json"
@@ -45,6 +46,17 @@ async def forever() -> NoReturn:
     raise AssertionError("unreachable")
 
 
+def refused(host: str = "engine") -> aiohttp.ClientConnectorError:
+    """What aiohttp raises when no new connection can be opened: nothing listens on the port."""
+    key = ConnectionKey(host, 80, False, True, None, None, None)
+    return aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))
+
+
+def reset() -> aiohttp.ServerDisconnectedError:
+    """What aiohttp raises when a pooled keep-alive connection turns out closed by the engine."""
+    return aiohttp.ServerDisconnectedError()
+
+
 def cut() -> aiohttp.ClientPayloadError:
     """What aiohttp raises when the engine's connection drops in the middle of a body."""
     return aiohttp.ClientPayloadError("Response payload is not completed")
@@ -57,6 +69,7 @@ class SentRequest:
     url: str
     body: bytes
     headers: dict[str, str]
+    fresh: bool = False  # sent on a new connection, not a pooled one
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -175,8 +188,10 @@ class FakeUpstream:
     requests: list[SentRequest] = field(default_factory=list)
     responses: list[FakeResponse] = field(default_factory=list)
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> FakeResponse:
-        request = SentRequest(url, body, dict(headers))
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], fresh: bool = False
+    ) -> FakeResponse:
+        request = SentRequest(url, body, dict(headers), fresh)
         self.requests.append(request)
         reply = self.handler(request)
         if inspect.isawaitable(reply):

@@ -115,6 +115,9 @@ class ServingStack:
     store: SqliteStore
     metrics: GatewayMetrics
     tails: TailReader
+    health: HealthChecker
+    # What each engine's ``/health`` answers when the health checker probes it (default: 200).
+    engine_up: dict[str, bool] = field(default_factory=dict)
 
     async def post(
         self, payload: dict[str, Any] | bytes, api: Api = Api.chat, leave_after: int | None = None
@@ -186,14 +189,21 @@ async def serving_stack(tmp_path: Path, handler: Handler) -> AsyncIterator[Servi
     admission = Admission(InProcessLimiter(), {}, prices, None, metrics, default_max_tokens=16)
     upstream = FakeUpstream(handler)
     client = UpstreamClient(upstream, first_token_timeout_s=5.0)
+    engine_up: dict[str, bool] = {}
+
+    async def probe(endpoint: Endpoint) -> bool:
+        return engine_up.get(endpoint.url, True)
+
     async with aiohttp.ClientSession() as session:  # the health checker's (never used here)
-        health = HealthChecker(router, session, metrics, interval_s=60.0, timeout_s=1.0)
+        health = HealthChecker(router, session, metrics, interval_s=60.0, timeout_s=1.0, probe=probe)
         tails = TailReader(timeout_s=1.0)
         proxy = ProxyService(
             router, client, health, admission, meter, metrics, max_body_bytes=64 * 1024, tails=tails
         )
         try:
-            yield ServingStack(proxy, upstream, client, pool, admission, ledger, store, metrics, tails)
+            yield ServingStack(
+                proxy, upstream, client, pool, admission, ledger, store, metrics, tails, health, engine_up
+            )
         finally:
             await tails.wait()
             await admission.close()

@@ -8,12 +8,13 @@ packages' imports form no cycle):
    ``inference`` (the typed request) — plain types and values
 1. ``config/``, ``settings`` — configuration files and process settings, validated
 2. ``store/`` — the database
-3. ``routing/``, ``admission/``, ``metering/``, ``tenancy/``, ``reporting/``, ``billing/``, ``supervisor`` —
-   subsystems
+3. ``routing/``, ``admission/``, ``metering/``, ``tenancy/``, ``reporting/``, ``billing/``,
+   ``reconcile/``, ``supervisor`` — subsystems
 4. ``serving/`` — the request path: proxy, exchange, relay, upstream client
 5. ``state`` — what the lifespan built
 6. ``api/`` — the routes
-7. ``app``, then ``server``, then ``cli/``
+7. ``app``, then ``server`` and ``connections`` (uvicorn and the bounds on client connections),
+   then ``cli/``
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ LAYERS: list[set[str]] = [
     },
     {"config", "settings"},
     {"store"},
-    {"routing", "admission", "metering", "tenancy", "reporting", "billing", "supervisor"},
+    {"routing", "admission", "metering", "tenancy", "reporting", "billing", "reconcile", "supervisor"},
     {"serving"},
     {"state"},
     {"api"},
     {"app"},
-    {"server"},
+    {"connections", "server"},
     {"cli"},
 ]
 

@@ -82,8 +82,17 @@ _WHAT = {
 }
 
 
+# OpenAI's type and code for a spent budget: its SDKs map it to RateLimitError like any 429.
+INSUFFICIENT_QUOTA = "insufficient_quota"
+_BUDGETS: tuple[Reason, ...] = ("monthly_tokens", "monthly_cost")
+
+
 class LimitExceeded(RateLimitError):
     """429 ``rate_limit_exceeded``, with ``Retry-After`` and the ``x-ratelimit-*`` headers set.
+
+    A monthly budget is OpenAI's ``insufficient_quota`` instead (type and code), and it, like a
+    request larger than a limit (``retry_after_s`` None), carries ``x-should-retry: false``: the
+    OpenAI SDKs retry a 429 unless told not to, and no retry within the minute can succeed.
 
     ``reason`` and ``scope`` are bounded values meant for ``gateway_ratelimited_total{tenant,reason}``.
     ``retry_after_s`` is None when waiting cannot help: the request alone is larger than the limit.
@@ -99,14 +108,24 @@ class LimitExceeded(RateLimitError):
         state: RateLimitState,
     ) -> None:
         who = "tenant" if scope == "tenant" else "API key"
-        message = (
-            f"Rate limit reached for {_WHAT[reason]} of this {who}: limit {limit}, requested {requested}."
-        )
+        quota = reason in _BUDGETS
+        amounts = f"limit {limit}, requested {requested}."
+        if quota:
+            message = f"Not enough {_WHAT[reason]} left in this {who}'s budget: {amounts}"
+        else:
+            message = f"Rate limit reached for {_WHAT[reason]} of this {who}: {amounts}"
         if retry_after_s is None:
-            message += " The request is larger than the limit; reduce max_tokens or the prompt."
+            message += " The request alone is larger than the limit, so retrying cannot help: reduce"
+            message += " max_tokens or the prompt."
+        elif quota:
+            message += f" The budget renews at 00:00 UTC on the 1st, in {format_duration(retry_after_s)}."
         else:
             message += f" Please try again in {format_duration(retry_after_s)}."
-        super().__init__(message)
+        super().__init__(message, code=INSUFFICIENT_QUOTA if quota else None)
+        if quota:
+            self.error_type = INSUFFICIENT_QUOTA
+        if quota or retry_after_s is None:
+            self.headers["x-should-retry"] = "false"
         self.reason: Reason = reason
         self.scope: Scope = scope
         self.limit = limit

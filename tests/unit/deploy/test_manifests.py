@@ -19,7 +19,13 @@ from gateway.metering.pricing import PriceBook
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 KUBERNETES_VERSION = "1.33.0"  # the oldest release the manifests must apply to
-SECRET_ENV = {"GATEWAY_ADMIN_TOKEN", "GATEWAY_DATABASE_URL", "GATEWAY_REDIS_URL", "HF_TOKEN"}
+SECRET_ENV = {
+    "GATEWAY_ADMIN_TOKEN",
+    "GATEWAY_METRICS_TOKEN",
+    "GATEWAY_DATABASE_URL",
+    "GATEWAY_REDIS_URL",
+    "HF_TOKEN",
+}
 # Credentials in a URL (scheme://user:password@), tokens, keys: never in a ConfigMap.
 SECRET_VALUE = re.compile(r"://[^/\s:@]*:[^/\s@]+@|sk-gw-|hf_[A-Za-z0-9]{10,}|BEGIN [A-Z ]*PRIVATE KEY")
 SECRET_KEY = re.compile(r"token|password|secret|database[-_]url|redis[-_]url", re.IGNORECASE)
@@ -119,6 +125,14 @@ def test_engine_gpus_equal_tensor_parallel_size() -> None:
     assert 1 in sizes and max(sizes) >= 4  # one single-GPU pool, one tensor-parallel pool
 
 
+def test_engines_report_cached_prompt_tokens() -> None:
+    """vLLM leaves ``prompt_tokens_details`` out of usage unless told: cached tokens would be billed
+    at the full input price."""
+    for engine in of_kind("StatefulSet"):
+        (container,) = containers(engine)
+        assert "--enable-prompt-tokens-details" in container["args"], engine["metadata"]["name"]
+
+
 def test_secrets_come_from_secrets_never_from_config_maps() -> None:
     for config_map in of_kind("ConfigMap"):
         for key, value in config_map.get("data", {}).items():
@@ -165,3 +179,62 @@ def test_gateway_may_read_endpoint_slices() -> None:
         and {"get", "list"} <= set(rule["verbs"])
         for rule in role["rules"]
     )
+
+
+def env_source(container: Manifest, name: str) -> tuple[str, str] | None:
+    """The (Secret, key) an environment variable comes from, or None."""
+    for env in container.get("env", []):
+        if env["name"] == name:
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            return (ref["name"], ref["key"]) if ref and not ref.get("optional") else None
+    return None
+
+
+def pod_labels(workload: Manifest) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and not selector.get(
+        "matchExpressions"
+    )
+
+
+def test_engines_require_the_key_the_gateway_sends() -> None:
+    """An engine without a key answered anyone who reached its port (issue 18, item 5)."""
+    (gateway,) = containers(one("Deployment", "model-gateway"))
+    sent = env_source(gateway, "GATEWAY_ENGINE_API_KEY")
+    assert sent is not None
+    for engine in of_kind("StatefulSet"):
+        for container in containers(engine):
+            assert env_source(container, "VLLM_API_KEY") == sent, engine["metadata"]["name"]
+            assert not [arg for arg in container.get("args", []) if arg.startswith(("--api-key", "--host"))]
+
+
+def test_only_gateway_pods_reach_the_engines() -> None:
+    gateway = pod_labels(one("Deployment", "model-gateway"))
+    policies = of_kind("NetworkPolicy")
+    for engine in of_kind("StatefulSet"):
+        labels = pod_labels(engine)
+        guarding = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+        assert guarding, f"no NetworkPolicy selects {engine['metadata']['name']}"
+        for policy in guarding:
+            assert "Ingress" in policy["spec"]["policyTypes"]
+            for rule in policy["spec"].get("ingress", []):
+                assert rule.get("from"), "a rule without 'from' admits every source"
+                for source in rule["from"]:
+                    assert "ipBlock" not in source
+                    pods = source.get("podSelector")
+                    if pods is not None and "namespaceSelector" not in source:
+                        assert selects(pods, gateway), source  # from this namespace: gateways only
+                    else:
+                        assert source["namespaceSelector"]["matchLabels"] == {
+                            "kubernetes.io/metadata.name": "monitoring"
+                        }
+        assert any(
+            selects(source.get("podSelector", {"matchLabels": {"-": "-"}}), gateway)
+            for policy in guarding
+            for rule in policy["spec"]["ingress"]
+            for source in rule["from"]
+        ), "the gateway itself must still get in"

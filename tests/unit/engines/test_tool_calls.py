@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from engines.launcher import vllm_argv
+from engines.commands import vllm_argv
 from gateway.config.pools import PoolSpec, load_spec
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -16,12 +16,13 @@ CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 def test_a_pools_tool_call_parser_turns_on_auto_tool_choice() -> None:
     pool = PoolSpec(served_name="llama", tool_call_parser="llama3_json", vllm_args=["--dtype", "float32"])
     argv = vllm_argv(pool, "/models/llama", 8100, python="python")
-    assert argv[-5:] == [
+    assert argv[-6:] == [
         "--enable-auto-tool-choice",
         "--tool-call-parser",
         "llama3_json",
         "--dtype",
         "float32",
+        "--enable-prompt-tokens-details",  # added to every engine (cached prompt tokens)
     ]
 
 

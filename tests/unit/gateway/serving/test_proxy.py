@@ -18,6 +18,7 @@ from tests.support.fake_upstream import (
     cut,
     forever,
     in_order,
+    refused,
 )
 from tests.support.serving import ENGINES, MODEL, ServingStack, expected_row
 
@@ -249,8 +250,7 @@ async def test_engine_dying_mid_stream_ends_with_an_error_event_and_bills_the_to
 
 async def test_unreachable_engine_is_marked_down_and_another_takes_the_request(stack: ServingStack) -> None:
     body = completion(7, 3)
-    refused = aiohttp.ClientOSError(111, "Connection refused")
-    stack.upstream.handler = in_order(refused, Reply(200, body))
+    stack.upstream.handler = in_order(refused(), Reply(200, body))
     answer = await stack.post(CHAT)
     assert (answer.status, answer.body) == (200, body)
     assert [r.url for r in stack.upstream.requests] == [FIRST + PATH, SECOND + PATH]

@@ -13,7 +13,17 @@ from gateway.serving.upstream import (
     UpstreamClient,
     UpstreamResponse,
 )
-from tests.support.fake_upstream import EVENT_STREAM, STALL, FakeUpstream, Reply, Step, cut, in_order
+from tests.support.fake_upstream import (
+    EVENT_STREAM,
+    STALL,
+    FakeUpstream,
+    Reply,
+    Step,
+    cut,
+    in_order,
+    refused,
+    reset,
+)
 
 ENDPOINT = Endpoint("m", "http://engine")
 
@@ -35,16 +45,7 @@ def stream(*steps: Step) -> Reply:
             EngineConnectTimeoutError,
             "Could not connect to the engine in time.",
         ),
-        (
-            aiohttp.ClientOSError(111, "refused"),
-            EngineUnreachableError,
-            "Could not reach the engine: ClientOSError",
-        ),
-        (
-            aiohttp.ServerDisconnectedError(),
-            EngineUnreachableError,
-            "Could not reach the engine: ServerDisconnectedError",
-        ),
+        (refused(), EngineUnreachableError, "Could not reach the engine: ClientConnectorError"),
         (TimeoutError(), UpstreamTimeoutError, "The engine did not answer in time."),
         (aiohttp.InvalidURL("http://engine"), UpstreamError, "Engine request failed: InvalidURL"),
     ],
@@ -121,3 +122,52 @@ async def test_read_is_the_whole_body_and_close_and_release_reach_the_transport(
     second.close()
     second.close()  # idempotent, as aiohttp's
     assert [(r.released, r.closed) for r in upstream.responses] == [(True, False), (False, True)]
+
+
+async def test_the_engine_api_key_goes_with_every_request() -> None:
+    """Engines take only the key the gateway was given, so their ports are no side door."""
+    fake = FakeUpstream(in_order(Reply(200, b"{}")))
+    client = UpstreamClient(fake, first_token_timeout_s=1.0, engine_api_key="engine-key-123")
+    await client.post(ENDPOINT, "/v1/completions", b"{}", "req_8")
+    (sent,) = fake.requests
+    assert sent.headers["Authorization"] == "Bearer engine-key-123"
+
+
+@pytest.mark.parametrize(
+    "stale",
+    [reset(), aiohttp.ClientOSError(104, "Connection reset by peer"), aiohttp.ClientConnectionResetError()],
+)
+async def test_a_pooled_connection_the_engine_closed_is_retried_once_on_a_new_one(
+    stale: BaseException,
+) -> None:
+    upstream = FakeUpstream(in_order(stale, Reply(200, b"{}")))
+    response = await UpstreamClient(upstream, 1.0).post(ENDPOINT, "/v1/completions", b"{}", "req_1")
+    assert response.status == 200
+    assert [(r.url, r.fresh) for r in upstream.requests] == [
+        ("http://engine/v1/completions", False),
+        ("http://engine/v1/completions", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (reset(), "Could not reach the engine: ServerDisconnectedError"),
+        (refused(), "Could not reach the engine: ClientConnectorError"),
+    ],
+)
+async def test_a_new_connection_that_fails_too_is_the_engines_failure(
+    second: BaseException, message: str
+) -> None:
+    upstream = FakeUpstream(in_order(reset(), second))
+    with pytest.raises(EngineUnreachableError) as caught:
+        await UpstreamClient(upstream, 1.0).post(ENDPOINT, "/v1/completions", b"{}", "req_1")
+    assert caught.value.message == message and len(upstream.requests) == 2  # once more, not again
+
+
+@pytest.mark.parametrize("failure", [refused(), aiohttp.ConnectionTimeoutError()])
+async def test_a_connection_that_could_not_be_opened_is_not_retried(failure: BaseException) -> None:
+    upstream = FakeUpstream(in_order(failure))
+    with pytest.raises(EngineUnreachableError):
+        await UpstreamClient(upstream, 1.0).post(ENDPOINT, "/v1/completions", b"{}", "req_1")
+    assert len(upstream.requests) == 1  # the next engine is tried instead

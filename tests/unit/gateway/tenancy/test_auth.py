@@ -103,6 +103,7 @@ async def test_database_outage_keeps_known_keys_working_and_refuses_unknown_with
     with pytest.raises(StoreUnavailableError) as raised:
         await auth.authenticate(f"Bearer {generate_key().secret}")
     assert raised.value.status_code == 503
+    assert raised.value.headers == {"retry-after": "2", "retry-after-ms": "2000"}  # a retry may succeed
     flaky.down = False
     with pytest.raises(AuthenticationError):
         await auth.authenticate(f"Bearer {generate_key().secret}")

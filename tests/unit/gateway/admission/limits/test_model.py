@@ -70,3 +70,26 @@ def test_a_refusal_is_openais_429() -> None:
         "retry-after": "13",
         "retry-after-ms": "12001",
     }
+
+
+def test_a_spent_budget_is_openais_insufficient_quota_and_not_to_be_retried() -> None:
+    error = LimitExceeded("monthly_cost", "tenant", 25 * 10**12, 10**9, 3600.0, RateLimitState())
+
+    assert (error.status_code, error.error_type, error.code) == (
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
+    )
+    assert error.message == (
+        "Not enough monthly cost (picodollars) left in this tenant's budget: limit 25000000000000,"
+        " requested 1000000000. The budget renews at 00:00 UTC on the 1st, in 1h0m0s."
+    )
+    assert error.headers == {"x-should-retry": "false", "retry-after": "3600", "retry-after-ms": "3600000"}
+
+
+def test_a_request_larger_than_a_limit_says_so_and_is_not_to_be_retried() -> None:
+    error = LimitExceeded("tokens", "tenant", 1000, 5000, None, RateLimitState())
+
+    assert (error.error_type, error.code) == ("rate_limit_error", "rate_limit_exceeded")
+    assert error.message.endswith("retrying cannot help: reduce max_tokens or the prompt.")
+    assert error.headers == {"x-should-retry": "false"}
