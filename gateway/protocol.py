@@ -71,13 +71,15 @@ class ResponsesRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
+    # As strict as chat's: a bounded model name, no "10" for a number, no "yes" for a boolean,
+    # and an output cap the limiter's counters can hold (the admitted reservation).
+    model: ModelName
     input: str | list[dict[str, Any]]
     instructions: str | None = None
-    stream: bool | None = False
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    stream: StrictBool | None = False
+    max_output_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
     tools: list[dict[str, Any]] | None = None
-    store: bool | None = None
+    store: StrictBool | None = None
     service_tier: str | None = None
     user: str | None = None
 

@@ -83,6 +83,23 @@ def test_a_response_without_input_names_it() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"max_output_tokens": "10"}, "max_output_tokens"),
+        ({"max_output_tokens": 2**63}, "max_output_tokens"),  # past the limiter's 64-bit counters
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream": 1}, "stream"),
+        ({"store": "no"}, "store"),
+        ({"model": "m" * 257}, "model"),
+    ],
+)
+def test_a_response_request_is_as_strictly_typed_as_a_chat(body: dict[str, object], param: str) -> None:
+    error = refused(Api.responses, {"input": "hi", **body})
+    assert (error.status_code, error.param, error.code) == (400, param, "invalid_value")
+
+
 @pytest.mark.parametrize("api", [Api.chat, Api.completions, Api.responses])
 @pytest.mark.parametrize("field", ["priority", "kv_transfer_params", "chat_template", "vllm_xargs"])
 def test_engine_only_fields_are_refused(api: Api, field: str) -> None:
