@@ -117,8 +117,9 @@ def check_ports(settings: Settings, spec: DeploymentSpec) -> None:
         for port in pool.ports():
             if port_taken(pool.host, port):
                 raise ConfigError(
-                    f"engine port {port} ({pool.served_name}) on {pool.host} is in use (another engine or "
-                    f"`gateway up`?): move the engines with `gateway up --engine-base-port {port + 100}`"
+                    f"engine port {port} ({pool.served_name}) on {pool.host} is in use (an engine left by "
+                    f"an earlier run, or another `gateway up`?): stop it (e.g. `fuser -k {port}/tcp`) or "
+                    f"move the engines with `gateway up --engine-base-port {port + 100}`"
                 )
 
 
