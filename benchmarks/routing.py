@@ -60,6 +60,7 @@ from benchmarks.routing_stack import (
     gateway,
     gateway_env,
     launched,
+    ledger_costs,
     ledger_endpoints,
     pool_spec,
     scrape,
@@ -193,6 +194,18 @@ def summarize(run: PolicyRun, engine_of: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def billing(env: dict[str, str], results: list[Result]) -> dict[str, float]:
+    """What the tenants were billed: the cached share of prompt tokens (engine-reported, in the
+    ledger) and the cost per 1,000 requests in dollars."""
+    ids = [r.request_id for r in results if r.request_id]
+    usage = ledger_costs(env, ids)
+    rows = max(1, usage["rows"])
+    return {
+        "cached_share": usage["cached_tokens"] / max(1, usage["prompt_tokens"]),
+        "cost_per_1000_requests": usage["cost_pico"] / 10**12 * 1000 / rows,
+    }
+
+
 def affinity_stats(results: list[Result], engine_of: dict[str, str]) -> dict[str, float | None]:
     """How often a turn went to the engine that served its conversation's previous turn, and the
     TTFT of those turns against the others."""
@@ -247,6 +260,7 @@ async def compare_policies(args: argparse.Namespace, log_dir: Path) -> list[dict
                     async with gateway(env, engine_urls, policy, log_dir) as url:
                         run = await run_policy(args, engine_urls, url, keys, salt)
                     row = summarize(run, ledger_endpoints(env))  # the gateway has flushed its ledger
+                    row |= billing(env, run.results)
                     rows.append({"policy": policy, "round": round_ + 1, "salt": salt, **row})
                     print(f"{policy} (round {round_ + 1}): {_brief(rows[-1])}", flush=True)
     return rows
@@ -269,8 +283,9 @@ def _brief(row: dict[str, Any]) -> str:
 def policy_table(rows: list[dict[str, Any]]) -> tuple[str, str]:
     lines = [
         "| policy | round | requests (errors) | prefix cache hit rate | turn on previous turn's engine "
-        "| TTFT p50 / p99 ms | TTFT p50 same engine / moved ms | req/s | output tok/s | requests by engine |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| TTFT p50 / p99 ms | TTFT p50 same engine / moved ms | req/s | output tok/s | requests by engine "
+        "| cached share of prompt tokens (ledger) | cost per 1,000 requests |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|",
     ]
     for r in rows:
         lines.append(
@@ -278,7 +293,8 @@ def policy_table(rows: list[dict[str, Any]]) -> tuple[str, str]:
             f"| {100 * r['same_engine_share']:.0f}% | {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} "
             f"| {_ms(r['ttft_p50_same_engine_ms'])} / {_ms(r['ttft_p50_moved_ms'])} "
             f"| {r['requests_per_s']:.2f} | {r['output_tokens_per_s']:.1f} "
-            f"| {' / '.join(str(n) for n in r['engine_requests'])} |"
+            f"| {' / '.join(str(n) for n in r['engine_requests'])} "
+            f"| {100 * r.get('cached_share', 0.0):.1f}% | ${r.get('cost_per_1000_requests', 0.0):.5f} |"
         )
     return "\n".join(lines), _policy_verdict(rows)
 

@@ -127,10 +127,20 @@ async def launched(
         await launcher.stop()
 
 
+# What the benchmark's tenants pay, to show what a cache hit saves them (Llama 3.1 8B-like prices;
+# cached input at the default 0.1 of the input price).
+PRICES = f"""currency: USD
+prices:
+  - {{model: {MODEL}, effective: 2026-01-01, prompt_per_million: "0.22", completion_per_million: "0.22"}}
+"""
+
+
 def gateway_env(tmp: Path) -> dict[str, str]:
     """What every gateway of a run shares: one SQLite ledger (tenants made once), no limits."""
     (tmp / "no-limits.yaml").write_text("defaults:\n")
+    (tmp / "prices.yaml").write_text(PRICES)
     return {
+        "GATEWAY_PRICES_PATH": str(tmp / "prices.yaml"),
         "GATEWAY_DATABASE_URL": f"sqlite:///{tmp / 'gateway.db'}",
         "GATEWAY_LOG_LEVEL": "warning",
         "GATEWAY_LIMITS_PATH": str(tmp / "no-limits.yaml"),
@@ -148,6 +158,22 @@ def ledger_endpoints(env: dict[str, str]) -> dict[str, str]:
     path = env["GATEWAY_DATABASE_URL"].removeprefix("sqlite:///")
     with contextlib.closing(sqlite3.connect(path)) as db:
         return dict(db.execute("SELECT request_id, endpoint FROM usage_ledger"))
+
+
+def ledger_costs(env: dict[str, str], request_ids: list[str]) -> dict[str, int]:
+    """Σ prompt, cached prompt and completion tokens and cost (picodollars) of these requests."""
+    path = env["GATEWAY_DATABASE_URL"].removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TEMP TABLE wanted (id TEXT PRIMARY KEY)")
+        db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", [(i,) for i in request_ids])
+        row = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(cached_tokens), 0), "
+            "COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_pico), 0) "
+            "FROM usage_ledger JOIN wanted ON wanted.id = usage_ledger.request_id"
+        ).fetchone()
+    return dict(
+        zip(("rows", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_pico"), row, strict=True)
+    )
 
 
 @contextlib.asynccontextmanager

@@ -13,7 +13,7 @@ from gateway.records import Outcome
 from tests.e2e.conftest import TINY, Engine, GatewayProcess
 from tests.support.metrics import total
 
-LONG = 1500  # tokens per busy stream: the engine's 8 slots stay full for a few seconds
+LONG = 6000  # tokens per busy stream: the engine's 8 slots stay full for several seconds
 SLOTS = 8  # the session engine's --max-num-seqs
 
 

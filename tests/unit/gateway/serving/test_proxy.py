@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from pathlib import Path
+
 import aiohttp
 import orjson
 
+from gateway.metering.journal import recovered_rows
 from gateway.records import Api, Outcome
 from tests.support.fake_upstream import (
     DONE,
@@ -316,3 +321,31 @@ async def test_no_first_token_in_time_is_a_504_and_the_engine_is_cut_off(stack: 
             error_code="upstream_timeout",
         )
     ]
+
+
+async def test_a_streams_progress_is_journaled_from_its_first_event(
+    stack: ServingStack, tmp_path: Path
+) -> None:
+    """What a gateway killed with -9 bills: the journal holds the first event's usage as soon as
+    it is relayed (it was written once a second, so a short stream cut by a crash billed 0/0)."""
+    stack.upstream.handler = in_order(stream_reply(chunk("a", 9, 1), STALL))
+    posting = asyncio.create_task(stack.post(STREAM))
+    for _ in range(100):
+        if stack.upstream.responses and stack.upstream.responses[0].content.read_nowait() == b"":
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the relay has sent the first event and journaled its progress
+    entries = [
+        orjson.loads(line)
+        for path in (tmp_path / "journal").glob("*.jsonl")
+        for line in path.read_bytes().splitlines()
+    ]
+    [interrupted] = recovered_rows(entries, now=2.0)
+    assert (interrupted.outcome, interrupted.prompt_tokens, interrupted.completion_tokens) == (
+        Outcome.interrupted,
+        9,
+        1,
+    )
+    posting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await posting
