@@ -62,7 +62,7 @@ def vllm_argv(pool: PoolSpec, model: str, port: int, python: str = sys.executabl
     ]
     if pool.kind == "embed" and "--runner" not in pool.vllm_args:
         argv += ["--runner", "pooling"]
-    return argv + _with_prompt_tokens_details(pool.vllm_args)
+    return argv + pool.tool_call_flags() + _with_prompt_tokens_details(pool.vllm_args)
 
 
 def sim_argv(pool: PoolSpec, port: int, python: str = sys.executable) -> list[str]:

@@ -16,6 +16,7 @@ from gateway.admission.limits import Limiter, create_limiter
 from gateway.admission.service import Admission
 from gateway.admission.tokens import build_counters
 from gateway.api import admin, openai, ops, usage
+from gateway.api.docs import install_openapi
 from gateway.api.errors import install_error_handlers
 from gateway.billing.events import UsageEventFeed
 from gateway.billing.outbox import RetryBackoff, WebhookOutbox
@@ -97,6 +98,7 @@ def create_app(
     # The admin API is documented in README; the public schema need not map it for everyone.
     app.include_router(admin.router, include_in_schema=settings.internals_public)
     install_error_handlers(app)
+    install_openapi(app)
     return app
 
 
@@ -119,6 +121,7 @@ async def _open_state(
     admission = Admission(limiter, counters, prices, defaults, metrics, settings.default_max_tokens)
     stack.push_async_callback(admission.wait_settled)  # settlements in flight, before the limiter closes
     router = Router.from_spec(spec, metrics, clock, settings.no_engine_wait_s)
+    metrics.seed_models(router.pools)
     drains = Drains(
         create_drain_board(settings.redis_url, settings.redis_prefix), router, settings.drain_sync_interval_s
     )

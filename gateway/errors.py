@@ -4,6 +4,7 @@ GatewayError                      500 server_error
 ├── InvalidRequestError           400 invalid_request_error
 │   ├── ModelNotFoundError        404 invalid_request_error / model_not_found
 │   ├── RouteNotFoundError        404 invalid_request_error / not_found
+│   ├── EndpointNotSupportedError 404 invalid_request_error (the model is served, not by this API)
 │   ├── ResourceNotFoundError     404 invalid_request_error / not_found (tenant, key)
 │   ├── ResourceConflictError     409 invalid_request_error / conflict
 │   ├── MethodNotAllowedError     405 invalid_request_error / method_not_allowed
@@ -21,10 +22,11 @@ GatewayError                      500 server_error
 ├── LimiterUnavailableError       503 service_unavailable / rate_limiter_unavailable
 ├── UpstreamTimeoutError          504 timeout / upstream_timeout
 └── EngineError                   the engine's own 4xx/5xx, its status kept, its type mapped:
-                                  400 409 413 422 (any other 4xx) invalid_request_error,
-                                  401 authentication_error, 403 permission_error,
+                                  400 409 413 (any other 4xx) invalid_request_error,
                                   404 invalid_request_error / model_not_found,
-                                  429 rate_limit_error / engine_overloaded, 5xx server_error / upstream_error
+                                  429 rate_limit_error / engine_overloaded, 5xx server_error / upstream_error;
+                                  422 becomes 400, and 401/403 (the engine refused the gateway, not the
+                                  client) become 502: gateway.serving.relay normalises them
 """
 
 from __future__ import annotations
@@ -85,6 +87,18 @@ class ModelNotFoundError(InvalidRequestError):
 class RouteNotFoundError(InvalidRequestError):
     status_code = 404
     default_code = "not_found"
+
+
+class EndpointNotSupportedError(InvalidRequestError):
+    """The model exists but is not served by this API (an embedding model on chat, or the reverse);
+    OpenAI answers 404 with ``param`` ``model`` and no code."""
+
+    status_code = 404
+
+    def __init__(self, model: str, path: str) -> None:
+        super().__init__(
+            f"The model `{model}` is not supported by the {path.removeprefix('/')} endpoint.", param="model"
+        )
 
 
 class ResourceNotFoundError(InvalidRequestError):

@@ -22,15 +22,25 @@ import orjson
 from pydantic import ValidationError
 
 from gateway.errors import InvalidRequestError
-from gateway.protocol import CHAT_ROLES, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from gateway.protocol import (
+    CHAT_ROLES,
+    ENGINE_ONLY_FIELDS,
+    STATEFUL_RESPONSES_FIELDS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+)
 from gateway.records import Api, ApiKey
 
-OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest
+OpenAIRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest
 _REQUEST_MODELS: dict[Api, type[OpenAIRequest]] = {
     Api.chat: ChatCompletionRequest,
     Api.completions: CompletionRequest,
     Api.embeddings: EmbeddingRequest,
+    Api.responses: ResponsesRequest,
 }
+_ROLE_LIST = ", ".join(f"'{role}'" for role in CHAT_ROLES)
 # The content part types vLLM treats as text, and the field each keeps its text in.
 TEXT_PART_FIELDS = {
     "text": "text",
@@ -103,12 +113,13 @@ class InferenceRequest:
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage as the client sent it
     continuous_usage: bool = False  # stream_options.continuous_usage_stats as the client sent it
-    max_tokens: int | None = None  # the output cap: max_completion_tokens (chat), else max_tokens
+    # The output cap: max_completion_tokens (chat), max_output_tokens (responses), else max_tokens.
+    max_tokens: int | None = None
     n: int = 1
     stop: tuple[str, ...] = ()
     service_tier: str | None = None  # OpenAI's field, passed through to the engine
     user: str | None = None
-    chat: ChatPrompt | None = None  # chat completions
+    chat: ChatPrompt | None = None  # chat completions; a response's instructions and input
     prompt: TextInput | None = None  # completions
     input: TextInput | None = None  # embeddings
 
@@ -118,10 +129,13 @@ def parse_request(
 ) -> InferenceRequest:
     """Parse and validate an OpenAI request body; raise a 400 that names the offending field."""
     payload = _json_object(raw)
+    _refuse_engine_fields(payload)
     try:
         sent = _REQUEST_MODELS[api].model_validate(payload)
     except ValidationError as exc:
         raise _invalid(exc) from None
+    if isinstance(sent, ResponsesRequest):
+        return _responses_request(sent, payload, raw, key, request_id, session_id)
     if isinstance(sent, EmbeddingRequest):
         _refuse_stream_options(payload)
         return InferenceRequest(
@@ -138,7 +152,10 @@ def parse_request(
     stream = bool(sent.stream)
     if not stream:
         _refuse_stream_options(payload)
-    chat = _chat_prompt(sent.messages, payload) if isinstance(sent, ChatCompletionRequest) else None
+    chat = None
+    if isinstance(sent, ChatCompletionRequest):
+        _check_roles(sent.messages)
+        chat = _chat_prompt(sent.messages, payload)
     options = sent.stream_options
     return InferenceRequest(
         api=api,
@@ -158,6 +175,96 @@ def parse_request(
         chat=chat,
         prompt=_text_input(sent.prompt) if isinstance(sent, CompletionRequest) else None,
     )
+
+
+def _responses_request(
+    sent: ResponsesRequest,
+    payload: Mapping[str, Any],
+    raw: bytes,
+    key: ApiKey,
+    request_id: str,
+    session_id: str | None,
+) -> InferenceRequest:
+    """A Responses API request: relayed as sent (its stream carries usage in its last event)."""
+    for name in STATEFUL_RESPONSES_FIELDS:
+        if payload.get(name):
+            raise InvalidRequestError(
+                f"'{name}' is not supported: this gateway stores no responses. "
+                "Send the whole conversation in 'input'.",
+                param=name,
+                code="unsupported_parameter",
+            )
+    messages: list[Mapping[str, Any]] = []
+    if sent.instructions:
+        messages.append({"role": "system", "content": sent.instructions})
+    if isinstance(sent.input, str):
+        messages.append({"role": "user", "content": sent.input})
+    else:
+        messages.extend(m for m in map(_item_message, sent.input) if m is not None)
+    return InferenceRequest(
+        api=Api.responses,
+        model=sent.model,
+        key=key,
+        request_id=request_id,
+        session_id=session_id,
+        body=raw,
+        user=sent.user,
+        stream=bool(sent.stream),
+        max_tokens=sent.max_output_tokens,
+        service_tier=sent.service_tier,
+        chat=ChatPrompt(messages, tuple(map(_chat_tool, sent.tools or ()))),
+    )
+
+
+def _item_message(item: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A Responses input item as the chat message vLLM renders it as (for counting and affinity)."""
+    if "role" in item:
+        return item
+    kind = item.get("type")
+    if kind == "function_call_output":
+        return {"role": "tool", "content": str(item.get("output", ""))}
+    if kind == "function_call":
+        return {"role": "assistant", "content": str(item.get("arguments", ""))}
+    return None
+
+
+def _chat_tool(tool: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A Responses function tool (flat) in chat's shape (nested under ``function``)."""
+    if tool.get("type") != "function" or "function" in tool:
+        return tool
+    function = {name: tool[name] for name in ("name", "description", "parameters") if name in tool}
+    return {"type": "function", "function": function}
+
+
+def _refuse_engine_fields(payload: Mapping[str, Any]) -> None:
+    """vLLM's operational extensions are the operator's, not a tenant's (``ENGINE_ONLY_FIELDS``)."""
+    if ENGINE_ONLY_FIELDS.isdisjoint(payload):
+        return
+    name = min(ENGINE_ONLY_FIELDS.intersection(payload))
+    raise InvalidRequestError(
+        f"'{name}' is an engine setting this gateway does not accept from clients.",
+        param=name,
+        code="unsupported_parameter",
+    )
+
+
+def _check_roles(messages: list[dict[str, Any]]) -> None:
+    """Each message's role is one of OpenAI's, as a string (``["user"]`` is not ``"user"``)."""
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if isinstance(role, str) and role in CHAT_ROLES:
+            continue
+        param = f"messages.[{index}].role"
+        if role is None:
+            raise InvalidRequestError(
+                f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+            )
+        shown = role if isinstance(role, str) else orjson.dumps(role).decode()
+        raise InvalidRequestError(
+            f"Invalid value: '{shown}'. Supported values are: {_ROLE_LIST}.",
+            param=param,
+            code="invalid_value",
+        )
 
 
 def _output_cap(sent: ChatCompletionRequest | CompletionRequest) -> int | None:
@@ -199,21 +306,11 @@ def _too_deep(payload: dict[str, Any], limit: int) -> bool:
 
 
 def _check_generation(sent: ChatCompletionRequest | CompletionRequest) -> None:
-    """What a field's own type cannot say: OpenAI's roles, and ``best_of`` no smaller than ``n``."""
+    """What a field's own type cannot say: ``best_of`` no smaller than ``n``."""
     if sent.best_of is not None and sent.best_of < (sent.n or 1):
         raise InvalidRequestError(
             "Invalid value for 'best_of': must be at least n.", param="best_of", code="invalid_value"
         )
-    if isinstance(sent, ChatCompletionRequest):
-        for index, message in enumerate(sent.messages):
-            role = message.get("role")
-            if not (isinstance(role, str) and role in CHAT_ROLES):
-                param = f"messages[{index}].role"
-                raise InvalidRequestError(
-                    f"Invalid value for '{param}': expected one of {', '.join(sorted(CHAT_ROLES))}.",
-                    param=param,
-                    code="invalid_value",
-                )
 
 
 def _refuse_stream_options(payload: Mapping[str, Any]) -> None:
@@ -286,9 +383,9 @@ def _invalid(exc: ValidationError) -> InvalidRequestError:
     first: Any = exc.errors()[0]
     # The top-level field: deeper parts of a union's location name pydantic's member types.
     param = str(first["loc"][0]) if first["loc"] else None
-    message = first["msg"]
+    message, code = first["msg"], "invalid_value"
     if first["type"] == "missing":
-        message = f"Missing required parameter: '{param}'."
+        message, code = f"Missing required parameter: '{param}'.", "missing_required_parameter"
     elif param:
         message = f"Invalid value for '{param}': {message}."
-    return InvalidRequestError(message, param=param, code="invalid_value")
+    return InvalidRequestError(message, param=param, code=code)

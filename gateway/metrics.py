@@ -6,17 +6,35 @@ reported as ``unknown``), statuses are HTTP codes (``499`` when the client went 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 UNKNOWN = "unknown"
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Bucket edges for LLM latencies. A first token comes in tens of milliseconds to a minute (a long
+# prompt on a busy engine); a whole request takes up to GATEWAY_REQUEST_TIMEOUT_S (10 minutes);
+# an output token every few milliseconds to a second; a queue wait up to a pool's max_wait_s.
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30, 60)
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class GatewayMetrics:
     """The gateway's metrics; built once per app so tests get a clean registry each."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No ``*_created`` series: they double every counter and histogram for a timestamp that
+        # Prometheus does not need (process-wide in prometheus_client; the gateway wants none).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._add_requests_metrics()
         self._add_engines_metrics()
@@ -47,10 +65,25 @@ class GatewayMetrics:
             "Time from request received to response ended.",
             "tenant",
             "model",
+            buckets=DURATION_BUCKETS,
         )
         self.time_to_first_token = self._histogram(
             "gateway_time_to_first_token_seconds",
-            "Time from request received to first token sent.",
+            "Time from request received to first token sent, for streamed requests.",
+            "tenant",
+            "model",
+            buckets=TTFT_BUCKETS,
+        )
+        self.time_per_output_token = self._histogram(
+            "gateway_time_per_output_token_seconds",
+            "Mean time between output tokens after the first, per streamed request (inter-token latency).",
+            "tenant",
+            "model",
+            buckets=TOKEN_BUCKETS,
+        )
+        self.cost = self._counter(
+            "gateway_cost",
+            "Cost metered, in the price table's currency, by tenant and model (the ledger is exact).",
             "tenant",
             "model",
         )
@@ -114,6 +147,7 @@ class GatewayMetrics:
             "gateway_queue_wait_seconds",
             "Time a request waited in a pool's fair queue before an engine.",
             "model",
+            buckets=WAIT_BUCKETS,
         )
         self.queue_rejected = self._counter(
             "gateway_queue_rejected",
@@ -167,8 +201,17 @@ class GatewayMetrics:
     def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
         return Gauge(name, documentation, labels, registry=self.registry)
 
-    def _histogram(self, name: str, documentation: str, *labels: str) -> Histogram:
-        return Histogram(name, documentation, labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+    def _histogram(
+        self, name: str, documentation: str, *labels: str, buckets: tuple[float, ...]
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
+
+    def seed_models(self, models: Iterable[str]) -> None:
+        """Series per configured model exist from the start, at 0 (a dashboard's query finds them)."""
+        for model in models:
+            self.inflight.labels(model)
+            self.queue_depth.labels(model)
+            self.engine_ejections.labels(model)
 
     def observe_request(
         self,
@@ -179,10 +222,16 @@ class GatewayMetrics:
         completion_tokens: int,
         duration_s: float,
         ttft_s: float | None,
+        streamed: bool = True,
+        cost_pico: int = 0,
         cached_tokens: int = 0,
     ) -> None:
-        """One finished request; ``cached_tokens`` are those of ``prompt_tokens`` served from cache."""
+        """One finished request; ``cached_tokens`` are those of ``prompt_tokens`` served from cache.
+        TTFT and inter-token latency only for a stream: a whole body's first byte is its last,
+        which would read as a first token as slow as the request."""
         self.requests.labels(tenant, model, str(status)).inc()
+        if cost_pico:
+            self.cost.labels(tenant, model).inc(cost_pico / 10**12)
         if prompt_tokens:
             self.tokens.labels(tenant, model, "prompt").inc(prompt_tokens)
         if cached_tokens:
@@ -190,8 +239,12 @@ class GatewayMetrics:
         if completion_tokens:
             self.tokens.labels(tenant, model, "completion").inc(completion_tokens)
         self.request_duration.labels(tenant, model).observe(duration_s)
-        if ttft_s is not None:
-            self.time_to_first_token.labels(tenant, model).observe(ttft_s)
+        if ttft_s is None or not streamed:
+            return
+        self.time_to_first_token.labels(tenant, model).observe(ttft_s)
+        if completion_tokens > 1:
+            per_token = max(duration_s - ttft_s, 0.0) / (completion_tokens - 1)
+            self.time_per_output_token.labels(tenant, model).observe(per_token)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,8 +19,6 @@ MAX_MODEL_CHARS = 256
 # An output cap beyond any context length; it keeps cap × n (the reservation) far inside the
 # 64-bit counters of Redis, which an overflow would turn into a limiter error (and fail-open).
 MAX_OUTPUT_TOKENS = 2**31 - 1
-# OpenAI's chat roles; vLLM accepts any string, which a chat template may then render oddly.
-CHAT_ROLES = frozenset({"developer", "system", "user", "assistant", "tool", "function"})
 ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_CHARS)]
 OutputCap = Annotated[StrictInt, Field(ge=0, le=MAX_OUTPUT_TOKENS)]
 
@@ -65,6 +63,67 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
+
+
+class ResponsesRequest(BaseModel):
+    """``POST /v1/responses``. Nothing is stored: ``previous_response_id`` and ``background`` are
+    refused at the edge (README, "Responses API"); ``store`` is accepted and has no effect."""
+
+    model_config = ConfigDict(extra="allow")
+
+    # As strict as chat's: a bounded model name, no "10" for a number, no "yes" for a boolean,
+    # and an output cap the limiter's counters can hold (the admitted reservation).
+    model: ModelName
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    stream: StrictBool | None = False
+    max_output_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    store: StrictBool | None = None
+    service_tier: str | None = None
+    user: str | None = None
+
+
+# The roles OpenAI's chat API takes, in the order its errors list them; any other is refused at
+# the edge (vLLM accepts any string, which a chat template may then render oddly).
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+# vLLM's own request fields that reach past the request into the engine's operation: its
+# scheduling priority, its request ids, KV-cache transfer between engines, Jinja templates and raw
+# tensors it would execute or load, custom logits processors' arguments, media fetching. Refused
+# with 400; vLLM's sampling and output extensions (README, "Engine extensions") pass through.
+ENGINE_ONLY_FIELDS = frozenset(
+    {
+        "chat_template",
+        "ec_transfer_params",
+        "kv_transfer_params",
+        "logits_processors",
+        "media_io_kwargs",
+        "mm_payload",
+        "mm_processor_kwargs",
+        "priority",
+        "prompt_embeds",
+        "request_id",
+        "return_mm_kwargs",
+        "routed_experts_prompt_start",
+        "session_id",
+        "vllm_xargs",
+    }
+)
+# Responses API fields that need state the engines keep per process (or not at all).
+STATEFUL_RESPONSES_FIELDS = ("previous_response_id", "background")
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway answers with, in OpenAI's shape."""
+
+    error: ErrorInfo
 
 
 class ModelCard(BaseModel):

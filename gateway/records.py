@@ -14,6 +14,7 @@ class Api(StrEnum):
     chat = "chat.completions"
     completions = "completions"
     embeddings = "embeddings"
+    responses = "responses"
 
     @property
     def path(self) -> str:
@@ -24,6 +25,7 @@ _PATHS = {
     Api.chat: "/v1/chat/completions",
     Api.completions: "/v1/completions",
     Api.embeddings: "/v1/embeddings",
+    Api.responses: "/v1/responses",
 }
 
 

@@ -8,7 +8,7 @@ import string
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.config.loader import ConfigError, describe
@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     replicated: bool = False
     config_path: Path = Path("configs/local.yaml")
     data_dir: Path = Path("data")
-    # ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
-    database_url: str = "sqlite:///data/gateway.db"
+    # ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``. Unset: ``gateway.db`` in
+    # ``data_dir`` (``sqlite:///data/gateway.db``), so one GATEWAY_DATA_DIR moves everything.
+    database_url: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "info"
@@ -150,6 +151,12 @@ class Settings(BaseSettings):
     usage_webhook_interval_s: float = Field(default=1.0, gt=0)
     usage_webhook_timeout_s: float = Field(default=10.0, gt=0)
     usage_webhook_max_backoff_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _database_in_data_dir(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'gateway.db'}"
+        return self
 
     @property
     def internals_public(self) -> bool:

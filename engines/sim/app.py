@@ -22,7 +22,14 @@ from engines.sim.asgi import (
 from engines.sim.config import SimConfig
 from engines.sim.engine import SimEngine
 from engines.sim.errors import BadRequest, SimError
-from engines.sim.protocol import GenerationRequest, decode_body, parse_chat, parse_completion, parse_embedding
+from engines.sim.protocol import (
+    GenerationRequest,
+    decode_body,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+    parse_responses,
+)
 from engines.sim.wire import models_response
 
 Handler = Callable[[Receive, Send], Awaitable[None]]
@@ -42,6 +49,7 @@ class SimApp:
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/v1/embeddings"): self._embeddings,
+            ("POST", "/v1/responses"): self._responses,
             ("GET", "/sim/config"): self._get_config,
             ("POST", "/sim/config"): self._set_config,
             ("POST", "/sim/reset"): self._reset,
@@ -87,6 +95,10 @@ class SimApp:
     async def _completions(self, receive: Receive, send: Send) -> None:
         body = decode_body(await read_body(receive))
         await self._generate(parse_completion(body, self.engine.config.models), receive, send)
+
+    async def _responses(self, receive: Receive, send: Send) -> None:
+        body = decode_body(await read_body(receive))
+        await self._generate(parse_responses(body, self.engine.config.models), receive, send)
 
     async def _generate(self, request: GenerationRequest, receive: Receive, send: Send) -> None:
         engine = self.engine

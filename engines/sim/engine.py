@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,15 +25,23 @@ from engines.sim.protocol import EmbeddingRequest, GenerationRequest
 from engines.sim.scheduler import Scheduler
 from engines.sim.tokens import VOCABULARY, generated_text
 from engines.sim.wire import (
-    DONE_EVENT,
     ChatStream,
     CompletionStream,
+    ResponsesStream,
     StreamFormat,
     chat_response,
     completion_response,
     embedding_response,
+    responses_response,
     usage,
 )
+
+_BODIES = {"chat": chat_response, "completion": completion_response, "responses": responses_response}
+_STREAMS: dict[str, Callable[[str], StreamFormat]] = {
+    "chat": ChatStream,
+    "completion": CompletionStream,
+    "responses": ResponsesStream,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,18 +146,17 @@ class SimEngine:
         finally:
             stats.kv_tokens -= plan.prompt_tokens
             self.scheduler.release(stats)
-        build = chat_response if request.endpoint == "chat" else completion_response
         text = generated_text(produced)
-        return build(request.model, text, plan.finish_reason, self._usage(plan, produced, cached))
+        return _BODIES[request.endpoint](
+            request.model, text, plan.finish_reason, self._usage(plan, produced, cached)
+        )
 
     async def stream(
         self, request: GenerationRequest, plan: Plan, watch: ClientWatch, events: EventStream
     ) -> None:
         """Write the SSE events of an opened stream; returns early (no [DONE]) if the client left."""
         stats = self.metrics.stats(request.model)
-        fmt: StreamFormat = (
-            ChatStream(request.model) if request.endpoint == "chat" else CompletionStream(request.model)
-        )
+        fmt = _STREAMS[request.endpoint](request.model)
         await self.scheduler.admit(stats)
         stats.kv_tokens += plan.prompt_tokens
         try:
@@ -165,7 +173,7 @@ class SimEngine:
             stats.success[plan.finish_reason] += 1
             if request.include_usage:
                 await events.emit(fmt.final_usage(self._usage(plan, produced, cached)))
-            await events.emit(DONE_EVENT, last=True)
+            await events.emit(fmt.done, last=True)
         finally:
             stats.kv_tokens -= plan.prompt_tokens
             self.scheduler.release(stats)

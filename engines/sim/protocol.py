@@ -15,7 +15,7 @@ import orjson
 from engines.sim.errors import BadRequest, ModelNotFound
 from engines.sim.tokens import chat_prompt_tokens, text_prompt_tokens
 
-Endpoint = Literal["chat", "completion"]
+Endpoint = Literal["chat", "completion", "responses"]
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
@@ -79,6 +79,46 @@ def parse_chat(body: dict[str, Any], served: list[str]) -> GenerationRequest:
     field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     limit = _optional_limit(body, field)
     return _generation("chat", body, model, chat_prompt_tokens(messages), limit, field)
+
+
+def parse_responses(body: dict[str, Any], served: list[str]) -> GenerationRequest:
+    """Validate a ``/v1/responses`` body: ``input`` (a string or a list of items) and optional
+    ``instructions``, rendered as chat messages, as vLLM does. Its stream always ends with the
+    usage (``response.completed``); nothing is stored."""
+    model = resolve_model(body, served)
+    raw = body.get("input")
+    if isinstance(raw, str):
+        messages: list[dict[str, Any]] = [{"role": "user", "content": raw}]
+    elif isinstance(raw, list) and raw and all(isinstance(item, dict) for item in raw):
+        messages = [_item_message(item) for item in raw]
+    else:
+        raise BadRequest("input: a string or a non-empty list of input items is required", param="input")
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.insert(0, {"role": "system", "content": instructions})
+    if body.get("previous_response_id"):
+        raise BadRequest("previous_response_id: responses are not stored", param="previous_response_id")
+    limit = _optional_limit(body, "max_output_tokens")
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise BadRequest("stream: Input should be a valid boolean", param="stream")
+    return GenerationRequest(
+        endpoint="responses",
+        model=model,
+        prompt_tokens=chat_prompt_tokens(messages),
+        max_tokens=limit,
+        max_tokens_field="max_output_tokens" if limit is not None else None,
+        stream=stream,
+        include_usage=True,
+        continuous_usage=False,
+    )
+
+
+def _item_message(item: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(item.get("role"), str):
+        return item
+    text = item.get("output", item.get("arguments", ""))
+    return {"role": "tool", "content": text if isinstance(text, str) else ""}
 
 
 def parse_completion(body: dict[str, Any], served: list[str]) -> GenerationRequest:

@@ -47,6 +47,8 @@ def sse(payload: dict[str, Any]) -> bytes:
 class StreamFormat(Protocol):
     """How one endpoint frames its stream; the engine drives it token by token."""
 
+    done: bytes  # the stream's last event (chat and completions: [DONE]; responses: none)
+
     def opening(self, usage_now: Usage | None) -> bytes | None:
         """The event sent once the prompt is processed, if the endpoint has one."""
 
@@ -59,6 +61,8 @@ class StreamFormat(Protocol):
 
 class ChatStream:
     """``chat.completion.chunk`` events."""
+
+    done = DONE_EVENT
 
     def __init__(self, model: str) -> None:
         self._head: dict[str, Any] = {
@@ -93,6 +97,8 @@ class ChatStream:
 class CompletionStream:
     """``text_completion`` events (no opening event: the first token is the first chunk)."""
 
+    done = DONE_EVENT
+
     def __init__(self, model: str) -> None:
         self._head: dict[str, Any] = {
             "id": f"cmpl-{uuid.uuid4().hex}",
@@ -119,6 +125,101 @@ class CompletionStream:
 
     def final_usage(self, usage_total: Usage) -> bytes:
         return sse({**self._head, "choices": [], "usage": usage_total})
+
+
+def response_usage(usage_total: Usage) -> dict[str, Any]:
+    """The Responses API's ``usage`` (vLLM's ``ResponseUsage``)."""
+    prompt, completion = usage_total["prompt_tokens"], usage_total["completion_tokens"]
+    details = usage_total.get("prompt_tokens_details") or {}
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": details.get("cached_tokens", 0)},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+
+
+def response_object(
+    response_id: str, model: str, text: str | None, status: str, usage_total: Usage | None
+) -> dict[str, Any]:
+    """A ``response`` object: in progress (no output, no usage) or finished."""
+    output: list[dict[str, Any]] = []
+    if text is not None:
+        content: list[dict[str, Any]] = [
+            {"type": "output_text", "text": text, "annotations": [], "logprobs": None}
+        ]
+        message = {"id": f"msg_{response_id[5:]}", "type": "message", "role": "assistant"}
+        output.append({**message, "status": "completed", "content": content})
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": model,
+        "status": status,
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "usage": response_usage(usage_total) if usage_total is not None else None,
+    }
+
+
+def responses_response(model: str, text: str, finish_reason: str, usage_total: Usage) -> bytes:
+    """A non-streaming Responses API body."""
+    status = "incomplete" if finish_reason == "length" else "completed"
+    return orjson.dumps(response_object(f"resp_{uuid.uuid4().hex}", model, text, status, usage_total))
+
+
+class ResponsesStream:
+    """Responses API events, each with its ``event:`` line as vLLM sends them; the last,
+    ``response.completed``, carries the usage. No ``[DONE]``."""
+
+    done = b""
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._id = f"resp_{uuid.uuid4().hex}"
+        self._text: list[str] = []
+        self._finish = "stop"
+        self._sequence = 0
+
+    def opening(self, usage_now: Usage | None) -> bytes | None:
+        created = response_object(self._id, self._model, None, "in_progress", None)
+        item = {"id": f"msg_{self._id[5:]}", "type": "message", "role": "assistant", "status": "in_progress"}
+        return b"".join(
+            (
+                self._event("response.created", response=created),
+                self._event("response.in_progress", response=created),
+                self._event("response.output_item.added", output_index=0, item={**item, "content": []}),
+            )
+        )
+
+    def token(self, text: str, finish_reason: str | None, usage_now: Usage | None) -> bytes:
+        self._text.append(text)
+        self._finish = finish_reason or self._finish
+        item_id = f"msg_{self._id[5:]}"
+        return self._event(
+            "response.output_text.delta", item_id=item_id, output_index=0, content_index=0, delta=text
+        )
+
+    def final_usage(self, usage_total: Usage) -> bytes:
+        status = "incomplete" if self._finish == "length" else "completed"
+        done = response_object(self._id, self._model, "".join(self._text), status, usage_total)
+        text = "".join(self._text)
+        return b"".join(
+            (
+                self._event("response.output_text.done", output_index=0, content_index=0, text=text),
+                self._event("response.output_item.done", output_index=0, item=done["output"][0]),
+                self._event(f"response.{status}", response=done),
+            )
+        )
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        self._sequence += 1
+        payload = {"type": kind, "sequence_number": self._sequence, **fields}
+        return b"event: " + kind.encode() + b"\n" + sse(payload)
 
 
 def chat_response(model: str, text: str, finish_reason: str, usage_total: Usage) -> bytes:

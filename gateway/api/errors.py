@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     MethodNotAllowedError,
+    PayloadTooLargeError,
     RouteNotFoundError,
 )
 
@@ -43,20 +45,48 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's validation of a query parameter or an admin body, as OpenAI's 400."""
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    param = ".".join(str(p) for p in first["loc"][1:]) or None
-    return error_response(InvalidRequestError(str(first["msg"]), param=param))
+    return error_response(invalid_request(exc.errors()))
+
+
+def invalid_request(errors: Any) -> InvalidRequestError:
+    """The first of pydantic's errors as a short sentence, ``param`` naming the field (the
+    location without ``body``/``query``), never the rejected value's Python repr."""
+    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    loc = [str(p) for p in first.get("loc", ())]
+    param = ".".join(loc[1:] if loc[:1] in (["body"], ["query"], ["path"]) else loc) or None
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ").rstrip(".")
+    if first.get("type") == "missing" and param:
+        return InvalidRequestError(
+            f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
+    if first.get("type") == "extra_forbidden" and param:
+        return InvalidRequestError(
+            f"Unrecognized request argument supplied: {param}.", param=param, code="unknown_parameter"
+        )
+    text = f"Invalid value for '{param}': {message}." if param else f"{message}."
+    return InvalidRequestError(text, param=param, code="invalid_value")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no such route, wrong method) in OpenAI's words."""
     assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    error: GatewayError
     if exc.status_code == 405:
-        return error_response(MethodNotAllowedError(f"Method {request.method} is not allowed here."))
-    if exc.status_code == 404:
-        return error_response(RouteNotFoundError(f"Unknown path: {request.url.path}"))
-    error = GatewayError(str(exc.detail))
-    error.status_code = exc.status_code
+        error = MethodNotAllowedError(f"Method not allowed ({where}).")
+        error.headers.update(exc.headers or {})  # Allow: the methods the path takes
+    elif exc.status_code == 404:
+        error = RouteNotFoundError(f"Invalid URL ({where}).")
+    elif exc.status_code == 413:
+        error = PayloadTooLargeError("The request body is too large.")
+    elif 400 <= exc.status_code < 500:
+        error = InvalidRequestError(str(exc.detail))
+        error.status_code = exc.status_code
+    else:
+        error = GatewayError("The server had an error while processing your request.")
+        error.status_code = exc.status_code
     return error_response(error)
 
 

@@ -1,35 +1,79 @@
-"""OpenAI-compatible routes: thin; the proxy service does the work."""
+"""OpenAI-compatible routes: thin; the proxy service does the work.
+
+The POST routes read their bodies themselves (``parse_request``: parsed once, the raw bytes kept
+for the engine), so their request models are added to the OpenAPI schema by ``gateway.api.docs``.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from gateway.api.deps import KeyDep, StateDep
-from gateway.protocol import ModelCard, ModelList
+from gateway.errors import ModelNotFoundError
+from gateway.protocol import ErrorResponse, ModelCard, ModelList
 from gateway.records import Api
 
 router = APIRouter(prefix="/v1")
 
+_ERRORS = {
+    400: "Invalid request (`param` names the field)",
+    401: "Missing, wrong, revoked or expired API key",
+    404: "Unknown model, or one this key may not use",
+    413: "Request body too large",
+    429: "A rate limit or budget (`code` says which), or the pool's queue",
+    500: "The engine failed",
+    502: "The engine broke off or refused the gateway",
+    503: "No healthy engine, engines busy, or the store or limiter unavailable",
+    504: "The engine did not answer in time",
+}
 
-@router.post("/chat/completions")
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of the error statuses a route really answers with."""
+    return {status: {"model": ErrorResponse, "description": _ERRORS[status]} for status in statuses}
+
+
+_GENERATION_ERRORS = errors(400, 401, 404, 413, 429, 500, 502, 503, 504)
+_STREAM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {}, "text/event-stream": {}}}
+}
+
+
+@router.post("/chat/completions", responses=_STREAM | _GENERATION_ERRORS)
 async def chat_completions(request: Request, key: KeyDep, state: StateDep) -> Response:
     return await state.proxy.handle(Api.chat, key, request)
 
 
-@router.post("/completions")
+@router.post("/completions", responses=_STREAM | _GENERATION_ERRORS)
 async def completions(request: Request, key: KeyDep, state: StateDep) -> Response:
     return await state.proxy.handle(Api.completions, key, request)
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", responses=_GENERATION_ERRORS)
 async def embeddings(request: Request, key: KeyDep, state: StateDep) -> Response:
     return await state.proxy.handle(Api.embeddings, key, request)
 
 
-@router.get("/models")
+@router.post("/responses", responses=_STREAM | _GENERATION_ERRORS)
+async def responses(request: Request, key: KeyDep, state: StateDep) -> Response:
+    """OpenAI's Responses API, relayed to the engines; nothing is stored (README, "Responses API")."""
+    return await state.proxy.handle(Api.responses, key, request)
+
+
+@router.get("/models", responses=errors(401, 503))
 async def list_models(key: KeyDep, state: StateDep) -> ModelList:
     """Only the models this key may use."""
     created = int(key.created_at)
     return ModelList(
         data=[ModelCard(id=name, created=created) for name in state.router.pools if key.allows(name)]
     )
+
+
+@router.get("/models/{model:path}", responses=errors(401, 404, 503))
+async def retrieve_model(model: str, key: KeyDep, state: StateDep) -> ModelCard:
+    """One model, if this key may use it (else 404, as for a model that does not exist)."""
+    if model not in state.router.pools or not key.allows(model):
+        raise ModelNotFoundError(model)
+    return ModelCard(id=model, created=int(key.created_at))

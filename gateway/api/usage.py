@@ -3,6 +3,7 @@ API shares."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -18,9 +19,11 @@ router = APIRouter(prefix="/v1")
 ReportFormat = Literal["json", "csv"]
 
 
-async def report_period(from_: Annotated[str, Query(alias="from")], to: str) -> ReportPeriod:
-    """``from`` and ``to`` are UTC days, both included."""
-    return ReportPeriod.parse(from_, to)
+async def report_period(
+    from_: Annotated[str | None, Query(alias="from")] = None, to: str | None = None
+) -> ReportPeriod:
+    """``from`` and ``to`` are UTC days, both included; by default the month to date."""
+    return ReportPeriod.parse_or_month_to_date(from_, to, time.time())
 
 
 PeriodDep = Annotated[ReportPeriod, Depends(report_period)]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.datadir import MissingDatabaseError, locate, require_database
 from gateway.cli.reconcile import add_reconcile_command
 from gateway.config.limits import load_default_limits
 from gateway.config.loader import ConfigError
@@ -65,10 +67,13 @@ def models_arg(value: str) -> frozenset[str] | None:
     return models
 
 
-def _store_command(command: StoreCommand) -> Handler:
-    """Open the store for the command and close it after, whatever happens."""
+def _store_command(command: StoreCommand, *, reads: bool = False) -> Handler:
+    """Open the store for the command and close it after, whatever happens. A command that only
+    ``reads`` refuses a database that does not exist rather than creating an empty one."""
 
     async def handler(args: argparse.Namespace, settings: Settings) -> int:
+        if reads:
+            require_database(settings)
         store = create_store(settings.database_url)
         await store.open()
         try:
@@ -211,7 +216,7 @@ _RENDERERS = {"json": render_json, "csv": render_csv, "table": render_table}
 
 
 async def _usage_report(args: argparse.Namespace, settings: Settings, store: Store) -> int:
-    period = ReportPeriod.parse(args.from_, args.to)
+    period = ReportPeriod.parse_or_month_to_date(args.from_, args.to, time.time())
     currency = load_prices(settings.prices_path).currency if settings.prices_path is not None else "USD"
     reporter = UsageReporter(store, currency)
     report = await reporter.report(args.tenant, period, args.group_by)
@@ -232,7 +237,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
 async def _up(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.cli.embedded import run_embedded
 
-    return await run_embedded(settings, demo_tenant=args.demo_tenant)
+    return await run_embedded(settings, demo_tenant=args.demo_tenant, engine_base_port=args.engine_base_port)
 
 
 def _add_tenant_commands(commands: Any) -> None:
@@ -244,7 +249,7 @@ def _add_tenant_commands(commands: Any) -> None:
     create.set_defaults(handler=_store_command(_tenants_create))
     listing = tenants.add_parser("list")
     listing.add_argument("--all", action="store_true", help="include deleted tenants")
-    listing.set_defaults(handler=_store_command(_tenants_list))
+    listing.set_defaults(handler=_store_command(_tenants_list, reads=True))
     for action, status, verb, help_text in (
         ("suspend", TenantStatus.suspended, "suspended", "refuse its keys until activated"),
         ("activate", TenantStatus.active, "activated", "reactivate a suspended tenant"),
@@ -266,7 +271,7 @@ def _add_key_commands(commands: Any) -> None:
     create.set_defaults(handler=_store_command(_keys_create))
     listing = keys.add_parser("list")
     listing.add_argument("--tenant")
-    listing.set_defaults(handler=_store_command(_keys_list))
+    listing.set_defaults(handler=_store_command(_keys_list, reads=True))
     revoke = keys.add_parser("revoke")
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=_store_command(_keys_revoke))
@@ -293,7 +298,7 @@ def _add_limit_commands(commands: Any) -> None:
         target = sub.add_mutually_exclusive_group(required=True)
         target.add_argument("--tenant", help="tenant name")
         target.add_argument("--key", help="key id")
-        sub.set_defaults(handler=_store_command(handler))
+        sub.set_defaults(handler=_store_command(handler, reads=action == "show"))
         if action == "set":
             sub.add_argument("--rpm", type=int, help="requests per minute")
             sub.add_argument("--tpm", type=int, help="prompt + completion tokens per minute")
@@ -306,13 +311,15 @@ def _add_usage_commands(commands: Any) -> None:
     usage = commands.add_parser("usage", help="usage reports").add_subparsers(dest="action", required=True)
     report = usage.add_parser("report", help="totals per day, model or key from the ledger")
     report.add_argument("--tenant", help="default: every tenant")
-    report.add_argument("--from", dest="from_", required=True, help="first UTC day (YYYY-MM-DD), included")
-    report.add_argument("--to", required=True, help="last UTC day (YYYY-MM-DD), included")
+    report.add_argument(
+        "--from", dest="from_", help="first UTC day (YYYY-MM-DD), included; default: 1st of the month"
+    )
+    report.add_argument("--to", help="last UTC day (YYYY-MM-DD), included; default: today")
     report.add_argument("--group-by", choices=("day", "model", "key"), default="day")
     report.add_argument("--format", choices=sorted(_RENDERERS), default="table")
     report.add_argument("--chart", type=Path, help="also write an HTML chart per day and model here")
-    report.set_defaults(handler=_store_command(_usage_report))
-    add_reconcile_command(usage, _store_command)
+    report.set_defaults(handler=_store_command(_usage_report, reads=True))
+    add_reconcile_command(usage, lambda command: _store_command(command, reads=True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="build the tiny model, start engines and the gateway")
     up.add_argument("--demo-tenant", default="demo")
+    up.add_argument("--port", type=int, help="the gateway's port (default: GATEWAY_PORT, 8000)")
+    up.add_argument("--engine-base-port", type=int, help="first engine port (default: the pool spec's)")
     up.set_defaults(handler=_up)
     commands.add_parser("serve", help="start the gateway only").set_defaults(handler=_serve)
     _add_tenant_commands(commands)
@@ -337,7 +346,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["config_path"] = args.config
     if args.database_url:
         overrides["database_url"] = args.database_url
-    return Settings.load(**overrides)
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    settings = Settings.load(**overrides)
+    return settings if args.command in ("up", "serve") else locate(settings, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     except GatewayError as exc:
         sys.stderr.write(f"error: {exc.message}\n")
         return 1
-    except StoreError as exc:
+    except (StoreError, MissingDatabaseError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
     except KeyboardInterrupt:

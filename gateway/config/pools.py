@@ -96,6 +96,10 @@ class PoolSpec(BaseModel):
     # Per-replica GPU ids; when given its length must equal ``replicas``.
     placement: list[ReplicaSpec] = Field(default_factory=list)
     vllm_args: list[str] = Field(default_factory=list)
+    # vLLM's tool-call parser for this model (``llama3_json`` for Llama 3.x, ``hermes`` for Qwen,
+    # ``mistral``, ...): the engines start with ``--enable-auto-tool-choice --tool-call-parser``,
+    # so ``tools`` with ``tool_choice: "auto"`` work. Unset: only named or no tool choice.
+    tool_call_parser: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     # ``--host`` in ``vllm_args`` binds a launched engine beyond loopback, where anything that
     # reaches it bypasses the gateway: refused unless this says it is meant (and then logged).
     allow_host_override: bool = False
@@ -172,6 +176,12 @@ class PoolSpec(BaseModel):
     @property
     def launched(self) -> bool:
         return not self.endpoints and self.discovery is None
+
+    def tool_call_flags(self) -> list[str]:
+        """vLLM's flags for ``tool_call_parser`` (none when unset or already in ``vllm_args``)."""
+        if self.tool_call_parser is None or "--tool-call-parser" in self.vllm_args:
+            return []
+        return ["--enable-auto-tool-choice", "--tool-call-parser", self.tool_call_parser]
 
     def ports(self) -> list[int]:
         return [self.base_port + i for i in range(self.replicas)]

@@ -143,7 +143,9 @@ class Meter:
             )
             record.price_version = price.version
 
-    def finish(self, record: UsageRecord, tenant_name: str, duration_s: float) -> None:
+    def finish(
+        self, record: UsageRecord, tenant_name: str, duration_s: float, *, streamed: bool = True
+    ) -> None:
         self.price(record)
         model_label = record.model if record.model in self._known_models else UNKNOWN
         self._metrics.observe_request(
@@ -154,6 +156,8 @@ class Meter:
             record.completion_tokens,
             duration_s,
             record.ttft_s,
+            streamed,
+            record.cost_pico,
             record.cached_tokens,
         )
         self.record(record)

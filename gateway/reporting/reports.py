@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import date, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 
 from gateway.errors import InvalidRequestError
 from gateway.money import format_amount
@@ -25,6 +25,7 @@ from gateway.utc import DAY_S, day_of, midnight
 
 COST_DECIMALS = 12
 TOTAL = "total"
+NO_MODEL = "(no model)"  # the model line of requests refused before their body named a served one
 _TABLE_COLUMNS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "total_tokens", "cost")
 # A CSV is read by position too: columns added later go after the ones readers already know.
 _CSV_COLUMNS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
@@ -36,7 +37,7 @@ def _day(value: str, param: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise InvalidRequestError(f"{value!r} is not a date (YYYY-MM-DD).", param=param) from None
+        raise InvalidRequestError(f"'{value}' is not a date (YYYY-MM-DD).", param=param) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,14 @@ class ReportPeriod:
         if period.last < period.first:
             raise InvalidRequestError("'to' is before 'from'.", param="to")
         return period
+
+    @classmethod
+    def parse_or_month_to_date(cls, first: str | None, last: str | None, now: float) -> ReportPeriod:
+        """Either end left out: ``to`` is today (UTC), ``from`` the first day of ``to``'s month."""
+        today = datetime.fromtimestamp(now, UTC).date()
+        last_day = _day(last, "to") if last is not None else today
+        first_day = _day(first, "from") if first is not None else last_day.replace(day=1)
+        return cls.parse(first_day.isoformat(), last_day.isoformat())
 
     @property
     def start(self) -> float:
@@ -119,12 +128,12 @@ class UsageReporter:
     async def report(self, tenant: str | None, period: ReportPeriod, group_by: GroupBy) -> UsageReport:
         tenant_id = await self._tenant_id(tenant)
         groups = await self._store.usage_report(tenant_id, period.start, period.end, group_by)
-        return UsageReport(tenant, period, group_by, self._currency, groups)
+        return UsageReport(tenant, period, group_by, self._currency, _named(groups))
 
     async def own_report(self, key: ApiKey, period: ReportPeriod, group_by: GroupBy) -> UsageReport:
         """The caller's own tenant, taken from its key: there is no way to name another."""
         groups = await self._store.usage_report(key.tenant_id, period.start, period.end, group_by)
-        return UsageReport(key.tenant_name, period, group_by, self._currency, groups)
+        return UsageReport(key.tenant_name, period, group_by, self._currency, _named(groups))
 
     async def daily_by_model(self, tenant: str | None, period: ReportPeriod) -> DailyUsage:
         rows = await self._store.list_usage(await self._tenant_id(tenant), period.start, period.end)
@@ -132,12 +141,19 @@ class UsageReporter:
         cost: dict[tuple[str, str], int] = defaultdict(int)
         cached: dict[tuple[str, str], int] = defaultdict(int)
         for row in rows:
-            cell = (day_of(row.started_at), row.model)
+            cell = (day_of(row.started_at), row.model or NO_MODEL)
             tokens[cell] += row.prompt_tokens + row.completion_tokens
             cost[cell] += row.cost_pico
             cached[cell] += row.cached_tokens
         models = sorted({model for _, model in tokens})
         return DailyUsage(tenant, period, self._currency, models, dict(tokens), dict(cost), dict(cached))
+
+
+def _named(groups: list[UsageGroup]) -> list[UsageGroup]:
+    """A request refused before its body named a served model (not JSON, too large, the client
+    gone, a model not served: its name is not stored) has a ledger row with no model: its line
+    says so instead of being blank."""
+    return [replace(g, group=NO_MODEL) if not g.group else g for g in groups]
 
 
 def _line(group: UsageGroup) -> UsageLine:

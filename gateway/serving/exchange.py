@@ -11,10 +11,10 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.admission.limits import Reservation
 from gateway.admission.service import Admission
-from gateway.errors import EngineError, GatewayError
+from gateway.errors import EndpointNotSupportedError, GatewayError
 from gateway.metering.meter import CLIENT_CLOSED, Meter
 from gateway.metrics import GatewayMetrics
-from gateway.records import Outcome, UsageRecord
+from gateway.records import Api, Outcome, UsageRecord
 from gateway.routing.pool import EnginePool
 from gateway.serving.disconnect import ClientDisconnectedError, DisconnectWatch
 from gateway.serving.relay import SseSplitter, UsageTracker, error_from_body, meter_unread
@@ -107,17 +107,19 @@ class Exchange:
         record.cached_tokens = min(tracker.cached_tokens, tracker.prompt_tokens)
         record.ttft_s = tracker.ttft_s
         record.ended_at = time.time()
-        self._meter.finish(record, self._tenant_name, time.perf_counter() - self._t0)
+        streamed = self.splitter is not None
+        self._meter.finish(record, self._tenant_name, time.perf_counter() - self._t0, streamed=streamed)
         if self.reservation is not None:
             self._admission.settle(self.reservation, record)
 
-    async def read_engine_error(self) -> EngineError:
+    async def read_engine_error(self) -> GatewayError:
         """The engine's 4xx/5xx answer, read whole and put in OpenAI's shape (the caller raises
         it, so it reaches the client and the ledger like any other error)."""
         assert self.upstream is not None
         body = await self.upstream.read()
         self.completed = True  # read to its end: the connection can be reused
-        return error_from_body(self.upstream.status, body)
+        unserved = EndpointNotSupportedError(self.record.model, Api(self.record.api).path)
+        return error_from_body(self.upstream.status, body, unserved)
 
     def limit_headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers every answer to a limited key carries."""

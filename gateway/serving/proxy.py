@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +44,8 @@ from gateway.serving.upstream import (
     UpstreamClient,
     UpstreamResponse,
 )
+
+logger = logging.getLogger(__name__)
 
 _DONE = b"data: [DONE]\n\n"
 
@@ -143,7 +146,10 @@ class ProxyService:
                 if size > self._max_body_bytes:
                     raise self._too_large()
                 pieces.append(piece)
-        except ClientDisconnect:  # gone mid-body, or cut off by the body timeout (a 408 was sent)
+        except ClientDisconnect:
+            # Gone mid-body, or cut off by the body timeout (a 408 was sent): an ordinary event,
+            # not a server error, metered as aborted (499) and counted in gateway_requests_total.
+            logger.info("client disconnected while sending its request body (%d bytes read)", size)
             raise ClientDisconnectedError from None
         return b"".join(pieces)
 

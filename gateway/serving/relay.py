@@ -7,6 +7,9 @@ ends, the tokens the engine produced so far are known.
 
 from __future__ import annotations
 
+import ast
+import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,8 +17,10 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import EngineError
+from gateway.errors import EngineError, GatewayError
 from gateway.inference import InferenceRequest
+
+logger = logging.getLogger(__name__)
 
 DONE = b"[DONE]"  # the data of a stream's last event
 _DATA = b"data: "
@@ -80,9 +85,10 @@ class UsageTracker:
     def _take_usage(self, usage: Any, choices: Any = None) -> None:
         if not isinstance(usage, dict):
             return
-        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        details = usage.get("prompt_tokens_details")
+        # Chat and completions name them prompt/completion; the Responses API input/output.
+        self.prompt_tokens = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
         if isinstance(details, dict) and details.get("cached_tokens"):
             self.cached_tokens = int(details["cached_tokens"])
         self.usage_seen = True
@@ -102,9 +108,18 @@ class UsageTracker:
         if usage:
             self._take_usage(usage, choices)
         if choices and _has_output(choices):
-            self.content_events += 1
-            if self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
+            self._saw_output()
+        elif "type" in event:  # a Responses API event
+            kind = event["type"]
+            if kind in _RESPONSE_OUTPUT_EVENTS:
+                self._saw_output()
+            elif kind in _RESPONSE_END_EVENTS and isinstance(event.get("response"), dict):
+                self._take_usage(event["response"].get("usage"))
+
+    def _saw_output(self) -> None:
+        self.content_events += 1
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
 
     def take_body(self, body: bytes) -> None:
         """Usage from a whole (non-streamed) response body."""
@@ -123,6 +138,19 @@ class UsageTracker:
     @property
     def ttft_s(self) -> float | None:
         return None if self.first_token_at is None else self.first_token_at - self.started
+
+
+# Responses API stream events: those carrying generated output (one token each, about), and the
+# last ones, whose ``response.usage`` is the engine's count (input, output and cached tokens).
+_RESPONSE_OUTPUT_EVENTS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.reasoning_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+    }
+)
+_RESPONSE_END_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 def _has_output(choices: list[Any]) -> bool:
@@ -153,14 +181,17 @@ class UsageShaper:
         return orjson.dumps(event)
 
 
-def error_from_body(status: int, body: bytes) -> EngineError:
+def error_from_body(status: int, body: bytes, unserved: GatewayError | None = None) -> GatewayError:
     """An engine's whole error answer in OpenAI's shape. vLLM writes ``{"error": {...}}``, older
     versions ``{"object": "error", "message": ..., "code": 400}``, FastAPI ``{"detail": ...}``;
-    anything else gets a plain message."""
+    anything else gets a plain message. FastAPI's 404 ``Not Found`` means the engine does not
+    serve the route at all (an embeddings call to a chat model): ``unserved``, when given."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         payload = None
+    if status == 404 and unserved is not None and payload == _ROUTE_NOT_FOUND:
+        return unserved
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict | str):
         error = payload["error"]  # a string: vLLM's answer to a wrong --api-key
         payload = error if isinstance(error, dict) else {"message": error}
@@ -177,17 +208,59 @@ def error_from_event(details: Any) -> EngineError:
     return _engine_error(status, details)
 
 
+# What an engine's error may say that the client must not see: addresses of our machines.
+_ADDRESS = re.compile(r"\b(?:https?|tcp)://\S+|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|\blocalhost:\d+\b")
+# vLLM's validation message: "1 validation error:\n  {'type': ..., 'loc': 'body.x', 'msg': ...}".
+_VALIDATION = re.compile(r"^\d+ validation errors?:\s*(\{.*?\})\s*(?:\n|$)", re.DOTALL)
+_ROUTE_NOT_FOUND = {"detail": "Not Found"}
+ENGINE_FAILED = "The engine serving this model failed while processing your request."
+ENGINE_REFUSED = "The engine serving this model refused the request."
+
+
 def _engine_error(status: int, details: dict[str, Any]) -> EngineError:
+    """In OpenAI's shape, saying nothing of our infrastructure. A 5xx (the engine's fault) gets a
+    fixed message; 401/403 (the engine refused the gateway, not the client) becomes a 502; a 422
+    (a framework's validation answer) becomes OpenAI's 400. The original is logged."""
     message = details.get("message") or details.get("detail")
-    if not isinstance(message, str):
-        message = f"The engine answered with HTTP status {status}."
     param, code = details.get("param"), details.get("code")
+    param = param.removeprefix("body.") if isinstance(param, str) else None
+    if status >= 500 or status in (401, 403):
+        logger.warning("engine error %s: %.500s", status, message)
+        return EngineError(status if status >= 500 else 502, ENGINE_FAILED)
+    if isinstance(message, list):  # FastAPI's validation details
+        message, param = _first_invalid(message[0] if message else None, param)
+    elif isinstance(message, str) and (found := _VALIDATION.match(message)):
+        message, param = _first_invalid(_literal(found.group(1)), param)
+    if not isinstance(message, str) or not message.strip():
+        message = f"The engine answered with HTTP status {status}."
+    elif "Traceback" in message:
+        logger.warning("engine error %s: %.500s", status, message)
+        message = ENGINE_REFUSED
     return EngineError(
-        status,
-        message,
-        param=param if isinstance(param, str) else None,
+        400 if status == 422 else status,
+        _ADDRESS.sub("[engine]", message),
+        param=param,
         code=code if isinstance(code, str) else None,
     )
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _first_invalid(error: Any, param: str | None) -> tuple[str | None, str | None]:
+    """One validation error (``{"loc", "msg"}``) as a short sentence and the field it names."""
+    if not isinstance(error, dict) or not isinstance(error.get("msg"), str):
+        return None, param
+    loc = error.get("loc")
+    parts = loc.split(".") if isinstance(loc, str) else [str(p) for p in loc or ()]
+    field = ".".join(parts[1:] if parts[:1] == ["body"] else parts) or param
+    if not field:
+        return error["msg"].rstrip(".") + ".", None
+    return f"Invalid value for '{field}': {error['msg'].rstrip('.')}.", field
 
 
 def meter_unread(tail: bytes, splitter: SseSplitter, tracker: UsageTracker) -> None:
@@ -229,10 +302,10 @@ async def relay_events(
             if not isinstance(event, dict):
                 out.append(block + _END)
                 continue
-            if "error" in event:
+            if "error" in event or event.get("type") == "error":  # chat's, or a Responses event
                 if out:
                     yield b"".join(out)
-                raise error_from_event(event["error"])
+                raise error_from_event(event.get("error", event))
             tracker.take_event(event)
             shaped = shaper.shape(payload, event)
             if shaped is payload:

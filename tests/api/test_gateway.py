@@ -173,7 +173,7 @@ async def test_revoked_and_expired_keys_get_401(gateway: Gateway) -> None:
     [
         (b"{not json", 400, None, None),
         (b"[1, 2]", 400, None, None),
-        (orjson.dumps({"model": SIM_MODEL}), 400, "messages", "invalid_value"),
+        (orjson.dumps({"model": SIM_MODEL}), 400, "messages", "missing_required_parameter"),
         (
             orjson.dumps({"model": SIM_MODEL, "messages": [], "max_tokens": 1}),
             400,
@@ -280,8 +280,10 @@ async def test_unreachable_engine_is_skipped_and_marked_down(sim_engine: str, tm
 async def test_metrics_match_the_ledger(gateway: Gateway) -> None:
     secret, _ = await gateway.new_key("metrics-tenant")
     for max_tokens in (1, 2, 3):
-        await gateway.client.post(
-            "/v1/chat/completions", json={**CHAT, "max_tokens": max_tokens}, headers=auth(secret)
+        await gateway.client.post(  # the last one streamed
+            "/v1/chat/completions",
+            json={**CHAT, "max_tokens": max_tokens, "stream": max_tokens == 3},
+            headers=auth(secret),
         )
     await gateway.client.post("/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=auth(secret))
     text = (await gateway.client.get("/metrics")).text
@@ -296,7 +298,9 @@ async def test_metrics_match_the_ledger(gateway: Gateway) -> None:
     assert sample(text, "gateway_engine_up", model=SIM_MODEL, endpoint=gateway.sim_url) == 1
     assert sample(text, "gateway_inflight_requests", model=SIM_MODEL) == 0
     assert sample(text, "gateway_request_duration_seconds_count", **tenant) == 3
-    assert sample(text, "gateway_time_to_first_token_seconds_count", **tenant) == 3
+    assert sample(text, "gateway_time_to_first_token_seconds_count", **tenant) == 1  # streams only
+    assert sample(text, "gateway_time_per_output_token_seconds_count", **tenant) == 1
+    assert "_created" not in text
 
 
 async def test_health_reports_engine_state(gateway: Gateway) -> None:

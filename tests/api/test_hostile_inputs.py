@@ -92,7 +92,7 @@ async def test_fields_outside_openais_are_refused_at_the_edge(gateway: Gateway) 
     secret, _ = await gateway.new_key()
     wizard = {**CHAT, "messages": [{"role": "wizard", "content": "hi"}]}
     cases = [
-        (wizard, "messages[0].role"),
+        (wizard, "messages.[0].role"),
         ({**CHAT, "best_of": 1000}, "best_of"),
         ({**CHAT, "max_tokens": "10"}, "max_tokens"),
         ({**CHAT, "stream": "yes"}, "stream"),

@@ -100,14 +100,13 @@ async def test_one_tenants_events(gateway: Gateway) -> None:
     [
         ("after=abc", "after", "invalid_cursor"),
         ("after=-1", "after", "invalid_cursor"),
-        ("limit=0", "limit", None),
-        ("limit=1001", "limit", None),
-        ("limit=many", "limit", None),
+        # FastAPI's query validation is OpenAI's 400 with a code (gateway/api/errors.py).
+        ("limit=0", "limit", "invalid_value"),
+        ("limit=1001", "limit", "invalid_value"),
+        ("limit=many", "limit", "invalid_value"),
     ],
 )
-async def test_a_bad_cursor_or_limit_is_a_400(
-    gateway: Gateway, query: str, param: str, code: str | None
-) -> None:
+async def test_a_bad_cursor_or_limit_is_a_400(gateway: Gateway, query: str, param: str, code: str) -> None:
     resp = await gateway.client.get(f"/admin/usage/events?{query}", headers=ADMIN)
     assert resp.status_code == 400
     error = resp.json()["error"]

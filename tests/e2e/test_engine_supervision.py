@@ -107,12 +107,14 @@ def test_gateway_up_refuses_an_engine_port_held_by_an_orphan(tmp_path: Path) -> 
         finally:
             proc.stop()
         log = proc.log_path.read_text()
-        assert code == 1, log
+        # gateway up's own check, before anything starts (the launcher's PortTakenError is the
+        # backstop for a port taken between that check and the engine's start).
+        assert code == 2, log
         errors = [line for line in log.splitlines() if line.startswith("error:")]
         assert errors == [
-            f"error: {MODEL}#0: port {engine_port} on 127.0.0.1 is taken by another process (an engine "
-            f"left by an earlier launcher?); stop it (e.g. `fuser -k {engine_port}/tcp`) or choose "
-            "another base_port"
+            f"error: engine port {engine_port} ({MODEL}) on 127.0.0.1 is in use (an engine left by an "
+            f"earlier run, or another `gateway up`?): stop it (e.g. `fuser -k {engine_port}/tcp`) or "
+            f"move the engines with `gateway up --engine-base-port {engine_port + 100}`"
         ], log
         assert "Gateway ready" not in log and "Traceback" not in log
         assert engine_pids(engine_port) == [orphan.popen.pid]  # nothing else started on it

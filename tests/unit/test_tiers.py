@@ -12,7 +12,7 @@ from gateway.settings import Settings
 def test_settings_ignore_the_developers_gateway_environment() -> None:
     # tests/api/test_tiers_subprocess.py runs this with GATEWAY_PORT and GATEWAY_DATABASE_URL set.
     assert Settings().port == Settings.model_fields["port"].default
-    assert Settings().database_url == Settings.model_fields["database_url"].default
+    assert Settings().database_url == "sqlite:///data/gateway.db"  # the default: data_dir's
     assert not [n for n in os.environ if n.startswith("GATEWAY_") and not n.startswith("GATEWAY_TEST_")]
 
 

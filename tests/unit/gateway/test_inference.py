@@ -13,6 +13,7 @@ from gateway.records import Api
 from tests.support.inference import KEY, typed_request
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+ROLES = "'system', 'developer', 'user', 'assistant', 'tool', 'function'"
 
 
 def test_streams_always_ask_the_engine_for_usage_and_remember_what_the_client_asked() -> None:
@@ -91,7 +92,7 @@ def test_chat_messages_are_typed_and_keep_what_a_template_may_read() -> None:
             "content": [{"type": "text", "text": "42"}, {"type": "image_url"}],
             "tool_call_id": "c1",
         },
-        {"role": "user", "content": "a number for a name", "name": 7},
+        {"role": "user", "content": "a name that is not a string", "name": 7},
     ]
     tools = [{"type": "function", "function": {"name": "f"}}]
     body = {"messages": messages, "tools": tools, "chat_template_kwargs": {"think": True}}
@@ -101,7 +102,7 @@ def test_chat_messages_are_typed_and_keep_what_a_template_may_read() -> None:
         ChatMessage(role="system", text="Be brief.", name="ops", sent=messages[0]),
         ChatMessage(role="assistant", text="", sent=messages[1]),
         ChatMessage(role="tool", text="42", sent=messages[2]),
-        ChatMessage(role="user", text="a number for a name", sent=messages[3]),
+        ChatMessage(role="user", text="a name that is not a string", sent=messages[3]),
     )
     assert chat.messages[1].sent["tool_calls"] == [tool_call]
     assert chat.opening(2) == chat.messages[:2]
@@ -199,15 +200,20 @@ def test_content_is_flattened_as_vllm_does_for_string_templates() -> None:
         (
             Api.chat,
             {"model": "m", "messages": [*MESSAGES, {"role": "wizard", "content": "x"}]},
-            "messages[1].role",
-            None,
+            "messages.[1].role",
+            f"Invalid value: 'wizard'. Supported values are: {ROLES}.",
         ),
-        (Api.chat, {"model": "m", "messages": [{"content": "no role"}]}, "messages[0].role", None),
+        (
+            Api.chat,
+            {"model": "m", "messages": [{"content": "no role"}]},
+            "messages.[0].role",
+            "Missing required parameter: 'messages.[0].role'.",
+        ),
         (
             Api.chat,
             {"model": "m", "messages": [{"role": ["user"], "content": "x"}]},
-            "messages[0].role",
-            None,
+            "messages.[0].role",
+            f"Invalid value: '[\"user\"]'. Supported values are: {ROLES}.",
         ),
     ],
 )
@@ -216,7 +222,8 @@ def test_invalid_bodies_name_the_parameter(
 ) -> None:
     with pytest.raises(InvalidRequestError) as info:
         parse_request(api, orjson.dumps(body), key=KEY, request_id="req_1")
-    assert (info.value.param, info.value.code, info.value.status_code) == (param, "invalid_value", 400)
+    code = "missing_required_parameter" if message and message.startswith("Missing") else "invalid_value"
+    assert (info.value.param, info.value.code, info.value.status_code) == (param, code, 400)
     assert info.value.message == message or info.value.message.startswith(f"Invalid value for '{param}': ")
 
 

@@ -185,6 +185,16 @@ async def test_report_totals_reconcile_with_random_ledger_rows(store: SqliteStor
     assert sum(daily.cached_tokens.values()) == sum(r.cached_tokens for r in mine)
 
 
+def test_a_period_left_out_is_the_month_to_date() -> None:
+    now = dt.datetime(2026, 11, 17, 23, 59, tzinfo=dt.UTC).timestamp()
+    period = ReportPeriod.parse_or_month_to_date(None, None, now)
+    assert (period.first.isoformat(), period.last.isoformat()) == ("2026-11-01", "2026-11-17")
+    period = ReportPeriod.parse_or_month_to_date(None, "2026-02-10", now)
+    assert (period.first.isoformat(), period.last.isoformat()) == ("2026-02-01", "2026-02-10")
+    period = ReportPeriod.parse_or_month_to_date("2026-10-30", None, now)
+    assert (period.first.isoformat(), period.last.isoformat()) == ("2026-10-30", "2026-11-17")
+
+
 @pytest.mark.parametrize(
     "group",
     [

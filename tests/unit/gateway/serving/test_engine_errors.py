@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from gateway.records import Outcome
+from gateway.serving.relay import ENGINE_FAILED
 from tests.support.fake_upstream import Reply, SentRequest, in_order
 from tests.support.serving import ENGINES, MODEL, ServingStack, expected_row
 
@@ -45,14 +46,15 @@ def openai_error(message: str, error_type: str, param: str | None, code: str | N
             openai_error("prompt is too long", "invalid_request_error", None, None),
         ),
         (
+            # The engine refused the gateway (its --api-key), not the client: a 502, said plainly.
             401,
             b'{"error": "Unauthorized"}',
-            openai_error("Unauthorized", "authentication_error", None, "invalid_api_key"),
+            openai_error(ENGINE_FAILED, "server_error", None, "upstream_error"),
         ),
         (
             403,
             vllm("forbidden", "PermissionError", 403),
-            openai_error("forbidden", "permission_error", None, "permission_denied"),
+            openai_error(ENGINE_FAILED, "server_error", None, "upstream_error"),
         ),
         (
             404,
@@ -72,9 +74,34 @@ def openai_error(message: str, error_type: str, param: str | None, code: str | N
             openai_error("Request Entity Too Large", "invalid_request_error", None, "request_too_large"),
         ),
         (
+            # A framework's validation answer: OpenAI's 400, the field named, a short sentence.
             422,
             b'{"detail": [{"loc": ["body", "n"], "msg": "bad"}]}',
-            openai_error("The engine answered with HTTP status 422.", "invalid_request_error", None, None),
+            openai_error("Invalid value for 'n': bad.", "invalid_request_error", "n", None),
+        ),
+        (
+            # vLLM's own: a Python repr of pydantic's error, the rejected value in it.
+            400,
+            vllm(
+                "1 validation error:\n  {'type': 'float_parsing', 'loc': 'body.temperature', 'msg': "
+                "'Input should be a valid number, unable to parse string as a number', 'input': 'hot'}",
+                "Bad Request",
+                400,
+                "body.temperature",
+            ),
+            openai_error(
+                "Invalid value for 'temperature': Input should be a valid number, unable to parse string "
+                "as a number.",
+                "invalid_request_error",
+                "temperature",
+                None,
+            ),
+        ),
+        (
+            # An engine address in a message is not the client's business.
+            400,
+            vllm("Error fetching http://10.0.0.5:8100/v1/x: refused", "BadRequestError", 400),
+            openai_error("Error fetching [engine] refused", "invalid_request_error", None, None),
         ),
         (
             429,
@@ -90,13 +117,13 @@ def openai_error(message: str, error_type: str, param: str | None, code: str | N
         ),
         (
             500,
-            vllm("CUDA error", "InternalServerError", 500),
-            openai_error("CUDA error", "server_error", None, "upstream_error"),
+            vllm("CUDA error at 127.0.0.1:8100, Traceback ...", "InternalServerError", 500),
+            openai_error(ENGINE_FAILED, "server_error", None, "upstream_error"),
         ),
         (
             503,
             b"<html>Service Unavailable</html>",
-            openai_error("The engine answered with HTTP status 503.", "server_error", None, "upstream_error"),
+            openai_error(ENGINE_FAILED, "server_error", None, "upstream_error"),
         ),
     ],
     ids=[
@@ -108,6 +135,8 @@ def openai_error(message: str, error_type: str, param: str | None, code: str | N
         "409",
         "413-fastapi",
         "422-fastapi",
+        "400-vllm-validation-repr",
+        "400-engine-address",
         "429-vllm",
         "429-string-code",
         "500-vllm",
@@ -122,7 +151,8 @@ async def test_engine_errors_get_openais_type_and_keep_their_status(
 
     stack.upstream.handler = every_engine  # a 5xx is tried on both engines
     answer = await stack.post({**CHAT, "stream": True})
-    assert (answer.status, answer.json()) == (status, expected)
+    answered = {401: 502, 403: 502, 422: 400}.get(status, status)
+    assert (answer.status, answer.json()) == (answered, expected)
     assert answer.headers["content-type"] == "application/json"
     assert answer.headers["x-ratelimit-limit-requests"] == "1000"
     assert stack.upstream.responses[-1].released  # read whole: the connection is reused
@@ -131,7 +161,7 @@ async def test_engine_errors_get_openais_type_and_keep_their_status(
             answer.headers["x-request-id"],
             endpoint=ENGINES[0] if status >= 500 else ENGINES[1],  # a 5xx was tried on both
             outcome=Outcome.error,
-            http_status=status,
+            http_status=answered,
             error_code=expected["error"]["code"],
         )
     ]
@@ -143,7 +173,7 @@ async def test_engine_errors_get_openais_type_and_keep_their_status(
     [
         (400, "BadRequestError", openai.BadRequestError),
         (404, "NotFoundError", openai.NotFoundError),
-        (422, "BadRequestError", openai.UnprocessableEntityError),
+        (422, "BadRequestError", openai.BadRequestError),  # OpenAI answers a bad body with 400
         (429, "TooManyRequests", openai.RateLimitError),
     ],
 )
@@ -168,5 +198,5 @@ async def test_the_openai_sdk_raises_its_matching_error_with_openais_type(
         expected |= {"code": "model_not_found"}
     if status == 429:
         expected |= {"type": "rate_limit_error", "code": "engine_overloaded"}
-    assert (raised.value.status_code, raised.value.body) == (status, expected)
+    assert (raised.value.status_code, raised.value.body) == ({422: 400}.get(status, status), expected)
     assert (raised.value.type, raised.value.code) == (expected["type"], expected["code"])
