@@ -38,6 +38,11 @@ def test_a_parser_name_is_one_word() -> None:
         PoolSpec(served_name="m", tool_call_parser="llama3_json --api-key x")
 
 
-@pytest.mark.parametrize("config", ["local.yaml", "gpu-llama.yaml"])
-def test_the_shipped_llama_pools_parse_tool_calls(config: str) -> None:
-    assert all(pool.tool_call_parser == "llama3_json" for pool in load_spec(CONFIGS / config).pools)
+@pytest.mark.parametrize(
+    ("config", "parser"),
+    # The tiny demo model's tokenizer lacks llama3_json's <|python_tag|> token: vLLM would refuse
+    # to start with that parser, so the demo uses one that needs no special token.
+    [("local.yaml", "pythonic"), ("gpu-llama.yaml", "llama3_json")],
+)
+def test_the_shipped_llama_pools_parse_tool_calls(config: str, parser: str) -> None:
+    assert all(pool.tool_call_parser == parser for pool in load_spec(CONFIGS / config).pools)
