@@ -47,8 +47,10 @@ def snippets(banner: str) -> tuple[str, str, str]:
     key = re.search(r"Demo tenant key \([^)]*\): (\S+)", banner)
     assert key, banner
     block = banner[key.end() : banner.index("Press Ctrl-C")]
-    commands = [c.strip() for c in block.strip().split("\n\n")]
-    assert len(commands) == 2 and commands[0].startswith("curl "), commands
+    commands, note = [c.strip() for c in block.strip().split("\n\n")], None
+    if commands and commands[-1].startswith("Other commands"):
+        note = commands.pop()  # where the CLI finds the data: said after the snippets
+    assert note is not None and len(commands) == 2 and commands[0].startswith("curl "), commands
     return key.group(1), commands[0], commands[1]
 
 
