@@ -45,6 +45,7 @@ from benchmarks.routing_stack import (
     words,
 )
 from engines.launcher import EngineLauncher, ManagedEngine
+from engines.startup import startup_phase
 from tests.support.metrics import total
 from tests.support.processes import REPO
 
@@ -176,8 +177,8 @@ async def wait_restarted(engine: ManagedEngine, old_pid: int, timeout_s: float) 
             if time.perf_counter() >= next_progress:
                 next_progress += PROGRESS_EVERY_S
                 waited = time.perf_counter() - started
-                line = engine.last_log_line()
-                print(f"{engine.command.name} restarting ({waited:.0f} s): {line}", flush=True)
+                phase = startup_phase(engine.recent_log())
+                print(f"{engine.command.name} restarting ({waited:.0f} s): {phase}", flush=True)
             await asyncio.sleep(0.2)
     raise TimeoutError(f"{engine.command.name} not back after {timeout_s:.0f} s")
 

@@ -206,6 +206,7 @@ class Result:
     ttft_s: float | None = None  # to the first chunk with content
     latency_s: float = 0.0
     data_events: int = 0  # events other than errors and [DONE]
+    content_events: int = 0  # events with content: a token each (vLLM and the simulator)
     done: bool = False
     error: str | None = None
     prompt_tokens: int = 0
@@ -278,6 +279,7 @@ def _take_line(result: Result, line: bytes, pieces: list[str]) -> None:
     for choice in event.get("choices") or ():
         content = (choice.get("delta") or {}).get("content")
         if content:
+            result.content_events += 1
             if result.ttft_s is None:
                 result.ttft_s = time.perf_counter() - result.started
             pieces.append(content)

@@ -29,6 +29,7 @@ import aiohttp
 from engines.commands import EngineCommand, build_commands, engine_env, sim_argv, vllm_argv
 from engines.drain import DrainHook, GatewayAdminDrain, healthy, wait_idle
 from engines.process import EngineStartError, PortTakenError, port_taken, signal_group, spawn
+from engines.startup import progress_line
 from gateway.config.pools import DeploymentSpec
 
 __all__ = [
@@ -82,9 +83,18 @@ class ManagedEngine:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def last_log_line(self) -> str:
-        tail = self.log_tail(5).strip().splitlines()
-        return tail[-1][-160:] if tail else ""
+    def recent_log(self, max_bytes: int = 256_000) -> str:
+        """The log's last ``max_bytes``: room for a whole start's lines."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - max_bytes))
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def progress(self) -> str:
+        """``llama#0 loading weights (12 s)``: the phase of its start, not a raw log line."""
+        return progress_line(self.command.name, time.monotonic() - self.started_at, self.recent_log())
 
 
 class EngineLauncher:
@@ -171,10 +181,7 @@ class EngineLauncher:
                 if on_progress and now >= next_progress:
                     next_progress = now + PROGRESS_EVERY_S
                     for engine in (e for e in self.engines if not e.ready):
-                        waited = now - engine.started_at
-                        on_progress(
-                            f"{engine.command.name} loading ({waited:.0f} s): {engine.last_log_line()}"
-                        )
+                        on_progress(engine.progress())
                 await asyncio.sleep(0.5)
 
     async def supervise(self, poll_s: float = 1.0) -> None:

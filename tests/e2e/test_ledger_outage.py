@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,20 +14,13 @@ from gateway.config.pools import PoolSpec
 from gateway.records import Outcome, UsageRecord
 from gateway.store.postgres import PostgresStore
 from tests.e2e.conftest import start_gateway
-from tests.support.postgres import require_postgres, temporary_schema
+from tests.support.postgres import postgres_ctl, require_postgres, temporary_schema
 from tests.support.processes import start_sim
 
 MODEL = "sim-outage"
 RATE_PER_S = 40
 LOAD_S = 12.0
 OUTAGE = (3.0, 8.0)  # seconds into the load: PostgreSQL stops, then starts again
-
-
-def postgres_ctl(action: str) -> None:
-    cluster = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    fast = ["-m", "fast"] if action == "stop" else []
-    argv = ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", action, *fast]
-    subprocess.run(argv, check=True, timeout=60, capture_output=True)
 
 
 async def ledger_rows(url: str, tenant: str) -> list[UsageRecord]:

@@ -13,9 +13,8 @@ import psycopg
 
 from gateway.config.pools import PoolSpec
 from tests.e2e.conftest import start_gateway
-from tests.e2e.test_ledger_outage import postgres_ctl
 from tests.support.metrics import sample
-from tests.support.postgres import require_postgres, temporary_schema
+from tests.support.postgres import postgres_ctl, require_postgres, temporary_schema
 from tests.support.processes import start_sim
 
 MODEL = "sim-recovery"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -58,3 +60,12 @@ async def temporary_schema(prefix: str = "test") -> AsyncIterator[str]:
     finally:
         async with await psycopg.AsyncConnection.connect(base_url, autocommit=True) as conn:
             await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema))
+
+
+def postgres_ctl(action: str) -> None:
+    """Stop (fast) or start the local cluster: a real database outage for the e2e tests and the
+    fault benchmark."""
+    cluster = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+    fast = ["-m", "fast"] if action == "stop" else []
+    argv = ["pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", action, *fast]
+    subprocess.run(argv, check=True, timeout=60, capture_output=True)
