@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 
 from gateway.limit_spec import LimitSpec
 
@@ -20,7 +20,19 @@ MAX_MODEL_CHARS = 256
 # 64-bit counters of Redis, which an overflow would turn into a limiter error (and fail-open).
 MAX_OUTPUT_TOKENS = 2**31 - 1
 ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_CHARS)]
-OutputCap = Annotated[StrictInt, Field(ge=0, le=MAX_OUTPUT_TOKENS)]
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type: ``2.0`` is the integer 2, as JSON Schema's ``integer`` (this
+    API's schema) and vLLM read it. ``2.5``, ``"2"`` and ``true`` stay refused (strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field: strict (no strings, no booleans), but 2.0 is 2.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
+OutputCap = Annotated[JsonInt, Field(ge=0, le=MAX_OUTPUT_TOKENS)]
 
 
 class StreamOptions(BaseModel):
@@ -40,8 +52,8 @@ class _GenerationRequest(BaseModel):
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: OutputCap | None = None
-    n: StrictInt | None = Field(default=None, ge=1, le=128)
-    best_of: StrictInt | None = Field(default=None, ge=1, le=20)  # OpenAI's bound
+    n: JsonInt | None = Field(default=None, ge=1, le=128)
+    best_of: JsonInt | None = Field(default=None, ge=1, le=20)  # OpenAI's bound
     stop: str | list[str] | None = None
     service_tier: str | None = None
     user: str | None = None
@@ -77,7 +89,7 @@ class ResponsesRequest(BaseModel):
     input: str | list[dict[str, Any]]
     instructions: str | None = None
     stream: StrictBool | None = False
-    max_output_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+    max_output_tokens: Annotated[JsonInt, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
     tools: list[dict[str, Any]] | None = None
     store: StrictBool | None = None
     service_tier: str | None = None
@@ -156,10 +168,10 @@ class LimitsObject(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rpm: StrictInt | None = None  # requests per minute
-    tpm: StrictInt | None = None  # prompt + completion tokens per minute
-    max_concurrent: StrictInt | None = None
-    monthly_tokens: StrictInt | None = None  # per UTC calendar month
+    rpm: JsonInt | None = None  # requests per minute
+    tpm: JsonInt | None = None  # prompt + completion tokens per minute
+    max_concurrent: JsonInt | None = None
+    monthly_tokens: JsonInt | None = None  # per UTC calendar month
     monthly_cost: str | None = None  # per UTC calendar month, in the price table's currency: "25.00"
 
     @classmethod
