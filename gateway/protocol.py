@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema
+from pydantic.config import JsonDict
 
 from gateway.limit_spec import LimitSpec
 
@@ -20,7 +21,45 @@ MAX_MODEL_CHARS = 256
 # 64-bit counters of Redis, which an overflow would turn into a limiter error (and fail-open).
 MAX_OUTPUT_TOKENS = 2**31 - 1
 ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_CHARS)]
-OutputCap = Annotated[StrictInt, Field(ge=0, le=MAX_OUTPUT_TOKENS)]
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type: ``2.0`` is the integer 2, as JSON Schema's ``integer`` (this
+    API's schema) and vLLM read it. ``2.5``, ``"2"`` and ``true`` stay refused (strict)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field: strict (no strings, no booleans), but 2.0 is 2.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
+OutputCap = Annotated[JsonInt, Field(ge=0, le=MAX_OUTPUT_TOKENS)]
+# The roles OpenAI's chat API takes, in the order its errors list them; any other is refused at
+# the edge (vLLM accepts any string, which a chat template may then render oddly).
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+# A chat message as the schema describes it: a role and OpenAI's content (text, or parts). The model
+# takes any object: the edge checks the role itself (with OpenAI's words, ``gateway.inference``)
+# and the engine reads the rest as sent.
+ChatMessageParam = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "required": ["role"],
+            "properties": {
+                "role": {"enum": list(CHAT_ROLES)},
+                "content": {
+                    "anyOf": [
+                        {"type": "string"},
+                        {"type": "array", "items": {"type": "object"}},
+                        {"type": "null"},
+                    ]
+                },
+                "name": {"type": "string"},
+            },
+        }
+    ),
+]
 
 
 class StreamOptions(BaseModel):
@@ -40,15 +79,15 @@ class _GenerationRequest(BaseModel):
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: OutputCap | None = None
-    n: StrictInt | None = Field(default=None, ge=1, le=128)
-    best_of: StrictInt | None = Field(default=None, ge=1, le=20)  # OpenAI's bound
+    n: JsonInt | None = Field(default=None, ge=1, le=128)
+    best_of: JsonInt | None = Field(default=None, ge=1, le=20)  # OpenAI's bound
     stop: str | list[str] | None = None
     service_tier: str | None = None
     user: str | None = None
 
 
 class ChatCompletionRequest(_GenerationRequest):
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[ChatMessageParam] = Field(min_length=1)
     max_completion_tokens: OutputCap | None = None
 
 
@@ -77,16 +116,13 @@ class ResponsesRequest(BaseModel):
     input: str | list[dict[str, Any]]
     instructions: str | None = None
     stream: StrictBool | None = False
-    max_output_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
+    max_output_tokens: Annotated[JsonInt, Field(ge=1, le=MAX_OUTPUT_TOKENS)] | None = None
     tools: list[dict[str, Any]] | None = None
     store: StrictBool | None = None
     service_tier: str | None = None
     user: str | None = None
 
 
-# The roles OpenAI's chat API takes, in the order its errors list them; any other is refused at
-# the edge (vLLM accepts any string, which a chat template may then render oddly).
-CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # vLLM's own request fields that reach past the request into the engine's operation: its
 # scheduling priority, its request ids, KV-cache transfer between engines, Jinja templates and raw
 # tensors it would execute or load, custom logits processors' arguments, media fetching. Refused
@@ -141,10 +177,16 @@ class ModelList(BaseModel):
 # The gateway's own API. Times are ISO-8601 UTC strings; money is a decimal string.
 
 
+# A tenant's name: checked by ``TenancyService`` (its own 400), shown in the schema.
+TENANT_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+# What a limit may be (``LimitSpec``'s range, checked there with its own 400), shown in the schema.
+_LIMIT_RANGE: JsonDict = {"minimum": 0, "maximum": 2**63 - 1}
+
+
 class TenantCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(json_schema_extra={"pattern": f"^{TENANT_NAME_PATTERN}$"})
 
 
 class LimitsObject(BaseModel):
@@ -156,10 +198,14 @@ class LimitsObject(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rpm: StrictInt | None = None  # requests per minute
-    tpm: StrictInt | None = None  # prompt + completion tokens per minute
-    max_concurrent: StrictInt | None = None
-    monthly_tokens: StrictInt | None = None  # per UTC calendar month
+    rpm: JsonInt | None = Field(default=None, json_schema_extra=_LIMIT_RANGE)  # requests per minute
+    tpm: JsonInt | None = Field(
+        default=None, json_schema_extra=_LIMIT_RANGE
+    )  # prompt + completion tokens per minute
+    max_concurrent: JsonInt | None = Field(default=None, json_schema_extra=_LIMIT_RANGE)
+    monthly_tokens: JsonInt | None = Field(
+        default=None, json_schema_extra=_LIMIT_RANGE
+    )  # per UTC calendar month
     monthly_cost: str | None = None  # per UTC calendar month, in the price table's currency: "25.00"
 
     @classmethod

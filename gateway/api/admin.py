@@ -14,7 +14,8 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import HTMLResponse
 
 from gateway.api.deps import EventFeedDep, ReporterDep, StateDep, TenancyDep, admin_caller
-from gateway.api.usage import PeriodDep, ReportFormat, report_reply
+from gateway.api.docs import errors
+from gateway.api.usage import REPORT, PeriodDep, ReportFormat, report_reply
 from gateway.billing.events import MAX_LIMIT, UsageEventPage, parse_cursor
 from gateway.errors import InvalidRequestError, ResourceNotFoundError
 from gateway.limit_spec import LimitSpec
@@ -42,7 +43,15 @@ from gateway.store.base import UNSET, GroupBy, _Unset
 from gateway.tenancy.service import IssuedKey
 from gateway.utc import format_timestamp, parse_timestamp
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(admin_caller)])
+_ADMIN_AUTH = {401: "No or a wrong admin token", 403: "A tenant key, or no admin token configured"}
+router = APIRouter(
+    prefix="/admin", dependencies=[Depends(admin_caller)], responses=errors(401, 403, described=_ADMIN_AUTH)
+)
+# What the routes that name a tenant, a key or an engine answer besides their 200.
+_NOT_FOUND = errors(404, described={404: "No such tenant, key or engine"})
+_CONFLICT = _NOT_FOUND | errors(409)
+_INVALID = errors(400)
+_HOUR = {"format": "date-time"}  # or a date (its 00:00 UTC), as ``parse_timestamp`` reads it
 
 
 def limits_object(limits: LimitSpec | None) -> LimitsObject | None:
@@ -83,7 +92,7 @@ def _expiry(value: str | None) -> float | None:
 # Tenants
 
 
-@router.post("/tenants", status_code=201)
+@router.post("/tenants", status_code=201, responses=_INVALID | errors(409))
 async def create_tenant(body: TenantCreateRequest, tenancy: TenancyDep) -> TenantObject:
     return tenant_object(await tenancy.create_tenant(body.name))
 
@@ -93,34 +102,34 @@ async def list_tenants(tenancy: TenancyDep, include_deleted: bool = False) -> Te
     return TenantList(data=[tenant_object(t) for t in await tenancy.list_tenants(include_deleted)])
 
 
-@router.get("/tenants/{name}")
+@router.get("/tenants/{name}", responses=_NOT_FOUND)
 async def get_tenant(name: str, tenancy: TenancyDep) -> TenantObject:
     return tenant_object(await tenancy.get_tenant(name))
 
 
-@router.post("/tenants/{name}/suspend")
+@router.post("/tenants/{name}/suspend", responses=_CONFLICT)
 async def suspend_tenant(name: str, tenancy: TenancyDep) -> TenantObject:
     return tenant_object(await tenancy.set_tenant_status(name, TenantStatus.suspended))
 
 
-@router.post("/tenants/{name}/activate")
+@router.post("/tenants/{name}/activate", responses=_CONFLICT)
 async def activate_tenant(name: str, tenancy: TenancyDep) -> TenantObject:
     return tenant_object(await tenancy.set_tenant_status(name, TenantStatus.active))
 
 
-@router.delete("/tenants/{name}")
+@router.delete("/tenants/{name}", responses=_CONFLICT)
 async def delete_tenant(name: str, tenancy: TenancyDep) -> TenantObject:
     """Soft delete: the tenant is kept (for billing) with status ``deleted``; its keys are revoked."""
     return tenant_object(await tenancy.set_tenant_status(name, TenantStatus.deleted))
 
 
-@router.put("/tenants/{name}/limits")
+@router.put("/tenants/{name}/limits", responses=_CONFLICT)
 async def set_tenant_limits(name: str, body: LimitsObject, tenancy: TenancyDep) -> TenantObject:
     """Replace the tenant's limits (fields left out or null: unlimited, also over the defaults)."""
     return tenant_object(await tenancy.set_tenant_limits(name, body.to_spec()))
 
 
-@router.delete("/tenants/{name}/limits")
+@router.delete("/tenants/{name}/limits", responses=_CONFLICT)
 async def clear_tenant_limits(name: str, tenancy: TenancyDep) -> TenantObject:
     """Back to the configured defaults (``configs/limits.yaml``)."""
     return tenant_object(await tenancy.set_tenant_limits(name, None))
@@ -129,22 +138,22 @@ async def clear_tenant_limits(name: str, tenancy: TenancyDep) -> TenantObject:
 # Keys
 
 
-@router.post("/keys", status_code=201)
+@router.post("/keys", status_code=201, responses=_CONFLICT)
 async def create_key(body: KeyCreateRequest, tenancy: TenancyDep) -> CreatedKey:
     return created_key(await tenancy.create_key(body.tenant, body.models, _expiry(body.expires_at)))
 
 
-@router.get("/keys")
+@router.get("/keys", responses=_NOT_FOUND)
 async def list_keys(tenancy: TenancyDep, tenant: str | None = None) -> KeyList:
     return KeyList(data=[key_object(k) for k in await tenancy.list_keys(tenant)])
 
 
-@router.get("/keys/{key_id}")
+@router.get("/keys/{key_id}", responses=_NOT_FOUND)
 async def get_key(key_id: str, tenancy: TenancyDep) -> KeyObject:
     return key_object(await tenancy.get_key(key_id))
 
 
-@router.patch("/keys/{key_id}")
+@router.patch("/keys/{key_id}", responses=_CONFLICT)
 async def update_key(key_id: str, body: KeyUpdateRequest, tenancy: TenancyDep) -> KeyObject:
     """Fields sent are replaced (``null``: every model / never expires); fields left out are kept."""
     if not body.model_fields_set:
@@ -156,23 +165,23 @@ async def update_key(key_id: str, body: KeyUpdateRequest, tenancy: TenancyDep) -
     return key_object(await tenancy.update_key(key_id, models, expires))
 
 
-@router.put("/keys/{key_id}/limits")
+@router.put("/keys/{key_id}/limits", responses=_CONFLICT)
 async def set_key_limits(key_id: str, body: LimitsObject, tenancy: TenancyDep) -> KeyObject:
     """Replace the key's own limits, which hold on top of its tenant's (which still count this key)."""
     return key_object(await tenancy.set_key_limits(key_id, body.to_spec()))
 
 
-@router.delete("/keys/{key_id}/limits")
+@router.delete("/keys/{key_id}/limits", responses=_CONFLICT)
 async def clear_key_limits(key_id: str, tenancy: TenancyDep) -> KeyObject:
     return key_object(await tenancy.set_key_limits(key_id, None))
 
 
-@router.post("/keys/{key_id}/revoke")
+@router.post("/keys/{key_id}/revoke", responses=_CONFLICT)
 async def revoke_key(key_id: str, tenancy: TenancyDep) -> KeyObject:
     return key_object(await tenancy.revoke_key(key_id))
 
 
-@router.post("/keys/{key_id}/rotate", status_code=201)
+@router.post("/keys/{key_id}/rotate", status_code=201, responses=_CONFLICT)
 async def rotate_key(key_id: str, tenancy: TenancyDep, body: KeyRotateRequest | None = None) -> KeyRotation:
     rotation = await tenancy.rotate_key(key_id, body.grace_s if body is not None else None)
     return KeyRotation(key=created_key(rotation.new), previous=key_object(rotation.old))
@@ -181,7 +190,7 @@ async def rotate_key(key_id: str, tenancy: TenancyDep, body: KeyRotateRequest | 
 # Usage
 
 
-@router.get("/usage")
+@router.get("/usage", responses=REPORT | _NOT_FOUND)
 async def usage(
     reporter: ReporterDep,
     period: PeriodDep,
@@ -193,12 +202,12 @@ async def usage(
     return report_reply(await reporter.report(tenant, period, group_by), format)
 
 
-@router.get("/usage/chart", response_class=HTMLResponse)
+@router.get("/usage/chart", response_class=HTMLResponse, responses=_NOT_FOUND)
 async def usage_chart(reporter: ReporterDep, period: PeriodDep, tenant: str | None = None) -> HTMLResponse:
     return HTMLResponse(render_usage_chart(await reporter.daily_by_model(tenant, period)))
 
 
-@router.get("/usage/events")
+@router.get("/usage/events", responses=_NOT_FOUND)
 async def usage_events(
     feed: EventFeedDep,
     tenancy: TenancyDep,
@@ -214,7 +223,9 @@ async def usage_events(
 
 @router.get("/usage/reconcile")
 async def usage_reconcile(
-    state: StateDep, from_: Annotated[str, Query(alias="from")], to: str
+    state: StateDep,
+    from_: Annotated[str, Query(alias="from", json_schema_extra=_HOUR)],
+    to: Annotated[str, Query(json_schema_extra=_HOUR)],
 ) -> ReconcileReportResponse:
     """Per engine and UTC hour: the engine's token counters against the ledger and adjustments."""
     return await reconcile_report(state.store, from_, to)
@@ -249,13 +260,13 @@ async def _set_draining(state: StateDep, url: str, draining: bool) -> EngineList
     return EngineList(data=[engine_object(e, now) for e in matched])
 
 
-@router.post("/engines/drain")
+@router.post("/engines/drain", responses=_NOT_FOUND)
 async def drain_engine(body: EngineDrainRequest, state: StateDep) -> EngineList:
     """Stop routing new requests to an engine; those in flight finish. With Redis every replica
     follows within ``drain_sync_interval_s``; without, this process only."""
     return await _set_draining(state, body.url, True)
 
 
-@router.post("/engines/resume")
+@router.post("/engines/resume", responses=_NOT_FOUND)
 async def resume_engine(body: EngineDrainRequest, state: StateDep) -> EngineList:
     return await _set_draining(state, body.url, False)

@@ -11,31 +11,15 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from gateway.api.deps import KeyDep, StateDep
+from gateway.api.docs import errors
 from gateway.errors import ModelNotFoundError
-from gateway.protocol import ErrorResponse, ModelCard, ModelList
+from gateway.protocol import ModelCard, ModelList
 from gateway.records import Api
 
 router = APIRouter(prefix="/v1")
 
-_ERRORS = {
-    400: "Invalid request (`param` names the field)",
-    401: "Missing, wrong, revoked or expired API key",
-    404: "Unknown model, or one this key may not use",
-    413: "Request body too large",
-    429: "A rate limit or budget (`code` says which), or the pool's queue",
-    500: "The engine failed",
-    502: "The engine broke off or refused the gateway",
-    503: "No healthy engine, engines busy, or the store or limiter unavailable",
-    504: "The engine did not answer in time",
-}
-
-
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` of the error statuses a route really answers with."""
-    return {status: {"model": ErrorResponse, "description": _ERRORS[status]} for status in statuses}
-
-
-_GENERATION_ERRORS = errors(400, 401, 404, 413, 429, 500, 502, 503, 504)
+_MODEL_NOT_FOUND = {404: "Unknown model, or one this key may not use"}
+_GENERATION_ERRORS = errors(400, 401, 404, 413, 429, 500, 502, 503, 504, described=_MODEL_NOT_FOUND)
 _STREAM: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/json": {}, "text/event-stream": {}}}
 }
@@ -71,7 +55,7 @@ async def list_models(key: KeyDep, state: StateDep) -> ModelList:
     )
 
 
-@router.get("/models/{model:path}", responses=errors(401, 404, 503))
+@router.get("/models/{model:path}", responses=errors(401, 404, 503, described=_MODEL_NOT_FOUND))
 async def retrieve_model(model: str, key: KeyDep, state: StateDep) -> ModelCard:
     """One model, if this key may use it (else 404, as for a model that does not exist)."""
     if model not in state.router.pools or not key.allows(model):

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.api.deps import StateDep
+from gateway.api.docs import errors
 from gateway.tenancy.auth import authorize_metrics
 
 router = APIRouter()
 
 
-@router.get("/health")
+_HEALTH_BODY: dict[str, Any] = {
+    "application/json": {"schema": {"type": "object", "properties": {"status": {"type": "string"}}}}
+}
+_UNHEALTHY: dict[int | str, dict[str, Any]] = {
+    503: {"description": "A model without a healthy engine, or a critical task down", "content": _HEALTH_BODY}
+}
+
+
+@router.get("/health", responses=_UNHEALTHY)
 async def health(state: StateDep, scope: Literal["engines", "gateway"] = "engines") -> Response:
     """200 while every model has at least one healthy engine, else 503 (with the details, where
     internals are public; else only the status).
@@ -46,7 +55,7 @@ async def health(state: StateDep, scope: Literal["engines", "gateway"] = "engine
     return JSONResponse(body, status_code=status_code)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses=errors(401, 403))
 async def metrics(request: Request, state: StateDep) -> Response:
     """Prometheus text; see ``authorize_metrics`` for who may read it."""
     settings = state.settings

@@ -4,23 +4,33 @@ API shares."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway.api.deps import KeyDep, ReporterDep
+from gateway.api.docs import errors
 from gateway.errors import InvalidRequestError
+from gateway.protocol import UsageReportResponse
 from gateway.reporting.reports import ReportPeriod, UsageReport, render_csv, report_response
 from gateway.store.base import GroupBy
 
 router = APIRouter(prefix="/v1")
 
 ReportFormat = Literal["json", "csv"]
+# A report is JSON, or CSV with ``format=csv``.
+REPORT: dict[int | str, dict[str, Any]] = {
+    200: {"model": UsageReportResponse, "content": {"text/csv": {"schema": {"type": "string"}}}}
+}
+
+
+_DAY = {"format": "date"}  # YYYY-MM-DD; parsed (and refused with OpenAI's 400) by ReportPeriod
 
 
 async def report_period(
-    from_: Annotated[str | None, Query(alias="from")] = None, to: str | None = None
+    from_: Annotated[str | None, Query(alias="from", json_schema_extra=_DAY)] = None,
+    to: Annotated[str | None, Query(json_schema_extra=_DAY)] = None,
 ) -> ReportPeriod:
     """``from`` and ``to`` are UTC days, both included; by default the month to date."""
     return ReportPeriod.parse_or_month_to_date(from_, to, time.time())
@@ -35,7 +45,7 @@ def report_reply(report: UsageReport, fmt: ReportFormat) -> Response:
     return JSONResponse(report_response(report).model_dump(by_alias=True))
 
 
-@router.get("/usage")
+@router.get("/usage", responses=REPORT | errors(400, 401, 503))
 async def own_usage(
     request: Request,
     key: KeyDep,

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 from gateway.errors import InvalidRequestError, ResourceConflictError, ResourceNotFoundError
 from gateway.limit_spec import LimitSpec
+from gateway.protocol import TENANT_NAME_PATTERN
 from gateway.records import ApiKey, Tenant, TenantStatus
 from gateway.store import ConflictError, NotFoundError, Store
 from gateway.store.base import UNSET, _Unset
 from gateway.tenancy.auth import generate_key
 
 # Tenant names show up in metrics labels, CLI arguments and URLs: keep them plain.
-_TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TENANT_NAME = re.compile(TENANT_NAME_PATTERN)
 # The longest a rotated key may keep working beside its replacement.
 MAX_GRACE_S = 366 * 24 * 3600.0
 

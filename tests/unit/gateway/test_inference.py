@@ -288,3 +288,18 @@ def test_a_body_at_the_depth_limit_and_a_broad_shallow_one_are_taken() -> None:
     assert orjson.loads(deep.body)["metadata"] == orjson.loads(nested_body(64))["metadata"]
     broad = typed_request(Api.completions, {"prompt": [[1, 2]] * 500})  # many brackets, depth 3
     assert broad.prompt == TextInput(token_ids=1000)
+
+
+def test_a_whole_number_written_with_a_fraction_is_an_integer() -> None:
+    """JSON Schema's ``integer`` (the API's own schema) takes ``2.0``; schemathesis sent
+    ``{"n": 100.0}``, ``{"best_of": 1.0}`` and ``{"max_output_tokens": 184.0}`` and each was a 400.
+    ``10.5`` and ``"10"`` stay refused (see ``test_invalid_bodies_name_the_parameter``)."""
+    chat = typed_request(Api.chat, {"messages": MESSAGES, "n": 2.0, "max_completion_tokens": 10.0})
+    assert (chat.n, chat.max_tokens) == (2, 10)
+    completion = typed_request(Api.completions, {"prompt": "x", "best_of": 3.0, "n": 3.0, "max_tokens": 0.0})
+    assert (completion.n, completion.max_tokens) == (3, 0)
+    response = typed_request(Api.responses, {"input": "x", "max_output_tokens": 184.0})
+    assert response.max_tokens == 184
+    with pytest.raises(InvalidRequestError) as huge:
+        typed_request(Api.chat, {"messages": MESSAGES, "max_tokens": 1e300})
+    assert huge.value.param == "max_tokens"

@@ -52,6 +52,15 @@ def test_the_wire_model_converts_in_one_place() -> None:
     assert LimitsObject.from_spec(LimitSpec()).model_dump() == dict.fromkeys(WRITTEN_NAMES)
 
 
+def test_a_whole_number_written_with_a_fraction_is_a_limit() -> None:
+    """JSON Schema's ``integer`` takes ``60.0`` (``PUT /admin/tenants/{name}/limits``); a
+    fraction, a string or a boolean is still refused."""
+    assert LimitsObject.model_validate({"rpm": 60.0, "tpm": 1e4}).to_spec() == LimitSpec(rpm=60, tpm=10000)
+    for value in (60.5, "60", True):
+        with pytest.raises(ValueError):
+            LimitsObject.model_validate({"rpm": value})
+
+
 @pytest.mark.parametrize(
     ("written", "pico"),
     [
