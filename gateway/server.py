@@ -71,7 +71,8 @@ async def serve_gateway(
 
 
 def app_from_env() -> FastAPI:
-    """For ``uvicorn --factory gateway.server:app_from_env`` (several worker processes)."""
+    """For ``uvicorn --factory gateway.server:app_from_env``: one process (several worker
+    processes, with what they share set up: ``gateway serve --workers N``, gateway/workers.py)."""
     app = create_app(Settings.load())  # a bad GATEWAY_* variable is named, not a traceback
     freeze_startup_objects()
     return app
