@@ -7,6 +7,11 @@ time per request comes from its process's CPU counters around each gateway phase
 
     .venv/bin/python -m benchmarks.overhead                 # the full run (about 3 minutes)
     .venv/bin/python -m benchmarks.overhead --quick         # a smoke run (about 15 s)
+    .venv/bin/python -m benchmarks.overhead --workers 2     # gateway serve --workers 2 (uses Redis)
+
+With ``--workers`` the gateway's CPU counts every worker process; more than one needs Redis
+(``--redis-url``, default ``$GATEWAY_TEST_REDIS_URL`` or the local one). To compare 1 and 2 workers
+on the same footing, give the one-worker run ``--redis-url`` too.
 
 Results: a Markdown table on stdout and JSON in ``benchmarks/out/overhead.json``.
 """
@@ -14,13 +19,17 @@ Results: a Markdown table on stdout and JSON in ``benchmarks/out/overhead.json``
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import datetime
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +37,9 @@ from typing import Any
 import orjson
 import psutil
 
-from benchmarks.stack import MODEL, Stack, cpu_seconds, running_stack
+from benchmarks.stack import MODEL, GatewayOptions, Stack, cpu_seconds, running_stack
 from tests.support.processes import REPO
+from tests.support.redis import delete_prefix, redis_url
 
 SHORT_TOKENS = 16  # the overhead runs: a short answer, so the engine is never the bottleneck
 LONG_TOKENS = 256  # the relay-rate run: long streams
@@ -262,7 +272,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a short smoke run of every scenario")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
     parser.add_argument("--only", help="run the scenarios whose name contains this text")
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
+    parser.add_argument(
+        "--redis-url",
+        help="the limiter's Redis (default: none for 1 worker, $GATEWAY_TEST_REDIS_URL for more)",
+    )
     return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def gateway_options(workers: int, redis: str | None) -> Iterator[GatewayOptions]:
+    """The gateway's workers and Redis, under a key prefix of its own that is deleted afterwards."""
+    if redis is None and workers > 1:
+        redis = redis_url()
+    options = GatewayOptions(workers, redis, f"bench-overhead-{secrets.token_hex(4)}:")
+    try:
+        yield options
+    finally:
+        if redis is not None:
+            asyncio.run(delete_prefix(options.redis_prefix))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,14 +301,18 @@ def main(argv: list[str] | None = None) -> int:
     selected = [s for s in scenarios() if not args.only or args.only in s.name]
     started = datetime.datetime.now(datetime.UTC)
     before = machine()
-    with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
-        with running_stack(Path(tmp), output_tokens=LONG_TOKENS) as stack:
-            rows = run_all(stack, timing, selected)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp,
+        gateway_options(args.workers, args.redis_url) as options,
+        running_stack(Path(tmp), output_tokens=LONG_TOKENS, options=options) as stack,
+    ):
+        rows = run_all(stack, timing, selected)
     checks = verdicts(rows)
     report = {
         "command": " ".join(["python -m benchmarks.overhead", *(argv if argv is not None else sys.argv[1:])]),
         "started_at": started.isoformat(timespec="seconds"),
         "timing": asdict(timing),
+        "gateway": {"workers": options.workers, "redis": options.redis_url is not None},
         "machine_before": before,
         "machine_after": machine(),
         "scenarios": rows,

@@ -26,7 +26,7 @@ from gateway.config.limits import load_default_limits
 from gateway.config.pools import DeploymentSpec, load_spec
 from gateway.config.prices import load_prices
 from gateway.limit_spec import LimitSpec
-from gateway.metering.journal import Journal, recovered_rows
+from gateway.metering.journal import Journal, open_journal, recovered_rows
 from gateway.metering.meter import LedgerWriter, Meter
 from gateway.metering.pricing import PriceBook
 from gateway.metrics import GatewayMetrics
@@ -164,12 +164,11 @@ async def _open_state(
 async def _open_storage(
     stack: contextlib.AsyncExitStack, settings: Settings, store: Store | None
 ) -> tuple[Journal, list[dict[str, object]], Store]:
-    """The journal (and what the last process left in it), then the store. Each close is pushed
-    before its open: it is safe on one whose open failed partway, and frees what that took (the
-    journal's lock, the SQLite store's thread)."""
-    journal = Journal(settings.journal_path(), fsync=settings.journal_fsync)
+    """The journal (and what the last process left in it), then the store. The store's close is
+    pushed before its open: it is safe on one whose open failed partway, and frees the SQLite
+    store's thread (``open_journal`` closes what it took itself when it fails)."""
+    journal, leftovers = open_journal(settings.journal_path(), settings.workers, settings.journal_fsync)
     stack.callback(journal.close)
-    leftovers = journal.open()
     store = store or create_store(settings.database_url)
     stack.push_async_callback(store.close)
     await store.open()

@@ -2,11 +2,20 @@
 
 Label values are bounded: tenants and models are configured names (an unconfigured model is
 reported as ``unknown``), statuses are HTTP codes (``499`` when the client went away).
+
+Several worker processes (``gateway serve --workers``) use prometheus_client's multiprocess mode:
+``PROMETHEUS_MULTIPROC_DIR`` is set before a worker imports prometheus_client, every value then
+lives in a file there, and any worker's ``/metrics`` adds up all of them. Counters and histograms
+add up; each gauge says how its workers' values combine (``_gauge``'s ``across``), counting only
+live workers.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -16,8 +25,14 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 UNKNOWN = "unknown"
+# prometheus_client reads it once, at import: set, every metric value is kept in a file there.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# How a gauge's values in several workers make one: the sum, the largest, the smallest, the last
+# set (of the workers alive now).
+Across = Literal["livesum", "livemax", "livemin", "livemostrecent"]
 
 # Bucket edges for LLM latencies. A first token comes in tens of milliseconds to a minute (a long
 # prompt on a busy engine); a whole request takes up to GATEWAY_REQUEST_TIMEOUT_S (10 minutes);
@@ -36,6 +51,11 @@ class GatewayMetrics:
         # Prometheus does not need (process-wide in prometheus_client; the gateway wants none).
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._exposed = self.registry  # what /metrics shows: this process's, or every worker's
+        shared = os.environ.get(MULTIPROCESS_DIR_VARIABLE)
+        if shared:
+            self._exposed = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(self._exposed, shared)  # type: ignore[no-untyped-call]
         self._add_requests_metrics()
         self._add_engines_metrics()
         self._add_limits_metrics()
@@ -88,7 +108,7 @@ class GatewayMetrics:
             "model",
         )
         self.inflight = self._gauge(
-            "gateway_inflight_requests", "Requests being served now, by model.", "model"
+            "gateway_inflight_requests", "Requests being served now, by model.", "model", across="livesum"
         )
 
     def _add_engines_metrics(self) -> None:
@@ -98,6 +118,7 @@ class GatewayMetrics:
             "1 when the engine endpoint passes health checks, else 0.",
             "model",
             "endpoint",
+            across="livemin",
         )
         self.engine_ejections = self._counter(
             "gateway_engine_ejections",
@@ -126,22 +147,29 @@ class GatewayMetrics:
             "(tokens, or cost in the price table's currency).",
             "tenant",
             "kind",
+            across="livemostrecent",
         )
         self.ledger_failures = self._counter(
             "gateway_ledger_write_failures", "Ledger batch writes that failed and were retried."
         )
         self.ledger_backlog = self._gauge(
-            "gateway_ledger_backlog_rows", "Usage rows journaled and waiting to be written to the database."
+            "gateway_ledger_backlog_rows",
+            "Usage rows journaled and waiting to be written to the database.",
+            across="livesum",
         )
         self.ledger_backlog_age = self._gauge(
             "gateway_ledger_backlog_age_seconds",
             "How long the oldest usage row waiting for the database has waited (0: none waits).",
+            across="livemax",
         )
 
     def _add_queues_metrics(self) -> None:
         """Saturated pools' fair queues."""
         self.queue_depth = self._gauge(
-            "gateway_queue_depth", "Requests waiting for a saturated pool's engines, by model.", "model"
+            "gateway_queue_depth",
+            "Requests waiting for a saturated pool's engines, by model.",
+            "model",
+            across="livesum",
         )
         self.queue_wait = self._histogram(
             "gateway_queue_wait_seconds",
@@ -179,6 +207,7 @@ class GatewayMetrics:
         self.usage_events_lag = self._gauge(
             "gateway_usage_events_lag_seconds",
             "Age of the oldest usage event the billing webhook has not acknowledged (0: caught up).",
+            across="livemax",
         )
 
     def _add_metering_metrics(self) -> None:
@@ -188,6 +217,7 @@ class GatewayMetrics:
             "Tokens an engine counted that neither the ledger nor an adjustment accounts for (negative: "
             "the ledger holds more), over the periods settled in the last hour, by engine.",
             "engine",
+            across="livemostrecent",
         )
         self.metering_adjusted = self._counter(
             "gateway_metering_adjusted_tokens",
@@ -198,8 +228,8 @@ class GatewayMetrics:
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, labels, registry=self.registry)
 
-    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
-        return Gauge(name, documentation, labels, registry=self.registry)
+    def _gauge(self, name: str, documentation: str, *labels: str, across: Across) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self.registry, multiprocess_mode=across)
 
     def _histogram(
         self, name: str, documentation: str, *labels: str, buckets: tuple[float, ...]
@@ -212,6 +242,14 @@ class GatewayMetrics:
             self.inflight.labels(model)
             self.queue_depth.labels(model)
             self.engine_ejections.labels(model)
+
+    def forget_engine(self, model: str, endpoint: str) -> None:
+        """Drop a removed engine's ``gateway_engine_up`` series. Several workers' files cannot drop
+        one: there it stays, at 0, until the gateway restarts."""
+        if self._exposed is not self.registry:
+            self.engine_up.labels(model, endpoint).set(0)
+        else:
+            self.engine_up.remove(model, endpoint)
 
     def observe_request(
         self,
@@ -247,4 +285,16 @@ class GatewayMetrics:
             self.time_per_output_token.labels(tenant, model).observe(per_token)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
+
+
+def reset_multiprocess_dir(directory: Path) -> None:
+    """An empty ``directory`` for a new set of workers' files (values of an earlier run would add up)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.glob("*.db"):
+        path.unlink()
+
+
+def forget_worker(pid: int, directory: Path) -> None:
+    """A worker has exited: its gauges stop counting (its counters and histograms stay counted)."""
+    mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]

@@ -6,6 +6,8 @@ import asyncio
 import gc
 import logging
 import math
+import os
+import socket
 from collections.abc import Coroutine
 from typing import Any
 
@@ -18,6 +20,8 @@ from gateway.connections import ConnectionLimits, connection_cap, guarded_protoc
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+STARTUP_FAILURE = 3  # uvicorn's exit status for a server that never started serving
 
 
 def connection_limits(settings: Settings, open_files: int = 0) -> ConnectionLimits:
@@ -32,7 +36,10 @@ def connection_limits(settings: Settings, open_files: int = 0) -> ConnectionLimi
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, open_files: int = 0) -> uvicorn.Config:
-    """uvicorn with the guarded httptools protocol (``gateway.connections``)."""
+    """uvicorn with the guarded httptools protocol (``gateway.connections``). One of several
+    workers names itself in an ``x-gateway-worker`` header (its pid) where internals are public:
+    uvicorn adds it to every response at no cost per request."""
+    worker = [("x-gateway-worker", str(os.getpid()))] if settings.workers > 1 else []
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -47,18 +54,25 @@ def uvicorn_config(app: FastAPI, settings: Settings, open_files: int = 0) -> uvi
         # SIGTERM: uvicorn closes the listening socket at once (new connections are refused, so
         # readiness fails) and lets requests in flight, streams included, run this long.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+        headers=worker if settings.internals_public else [],
     )
 
 
-async def serve_gateway(settings: Settings, spec: DeploymentSpec | None = None) -> None:
+async def serve_gateway(
+    settings: Settings, spec: DeploymentSpec | None = None, sockets: list[socket.socket] | None = None
+) -> int:
+    """Serve until SIGTERM or SIGINT, on ``sockets`` (bound) or else on the settings' host and port;
+    0, or ``STARTUP_FAILURE`` when the server never started (the lifespan or the port failed)."""
     open_files = raise_open_file_limit()
     server = uvicorn.Server(uvicorn_config(create_app(settings, spec), settings, open_files))
     freeze_startup_objects()
-    await server.serve()
+    await server.serve(sockets)
+    return 0 if server.started else STARTUP_FAILURE
 
 
 def app_from_env() -> FastAPI:
-    """For ``uvicorn --factory gateway.server:app_from_env`` (several worker processes)."""
+    """For ``uvicorn --factory gateway.server:app_from_env``: one process (several worker
+    processes, with what they share set up: ``gateway serve --workers N``, gateway/workers.py)."""
     app = create_app(Settings.load())  # a bad GATEWAY_* variable is named, not a traceback
     freeze_startup_objects()
     return app
@@ -73,6 +87,11 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def configure_logging(level: str) -> None:
+    """One line per record, on stderr (each worker process too)."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def run_async(main: Coroutine[Any, Any, int | None]) -> int:

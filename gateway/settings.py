@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     # shared state shared: start-up then refuses a SQLite ledger or a missing Redis, instead of
     # each replica quietly keeping its own tenants, keys, ledger or limits.
     replicated: bool = False
+    # Worker processes of ``gateway serve`` (``--workers``), one port, one ledger (gateway/workers.py).
+    # More than one needs GATEWAY_REDIS_URL; each worker journals in ``worker-<i>`` under the
+    # journal directory, and /metrics adds up every worker's (files under ``metrics_dir``).
+    workers: int = Field(default=1, ge=1, le=256)
+    metrics_dir: Path | None = None  # default: data_dir/metrics/port-<port>
     config_path: Path = Path("configs/local.yaml")
     data_dir: Path = Path("data")
     # ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``. Unset: ``gateway.db`` in
@@ -168,6 +173,9 @@ class Settings(BaseSettings):
     def journal_path(self) -> Path:
         return self.journal_dir or self.data_dir / "journal" / f"port-{self.port}"
 
+    def metrics_path(self) -> Path:
+        return self.metrics_dir or self.data_dir / "metrics" / f"port-{self.port}"
+
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
         """The settings from the environment and ``overrides``; a bad value is a ``ConfigError``
@@ -178,8 +186,9 @@ class Settings(BaseSettings):
             raise ConfigError(describe(exc, written_as=lambda name: ENV_PREFIX + name.upper())) from None
 
     def check_startup(self) -> None:
-        """Refuse a replicated set-up whose state is not shared, an admin token shorter than 32
-        characters and, outside development, a missing or guessable one (``ConfigError``)."""
+        """Refuse a replicated set-up or several workers whose state is not shared, an admin token
+        shorter than 32 characters and, outside development, a missing or guessable one
+        (``ConfigError``)."""
         if self.replicated:
             if not self.database_url.startswith(("postgresql://", "postgres://")):
                 raise ConfigError(
@@ -191,6 +200,12 @@ class Settings(BaseSettings):
                     "GATEWAY_REPLICATED needs GATEWAY_REDIS_URL=redis://…: without it each replica "
                     "would enforce every limit on its own (N replicas, N times the limit)"
                 )
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                f"{self.workers} workers (--workers, GATEWAY_WORKERS) need GATEWAY_REDIS_URL=redis://…: "
+                "without it each worker process would enforce every limit on its own (N workers, N "
+                "times each tenant's limit) and keep its own engine drains"
+            )
         self._check_usage_webhook()
         token = self.admin_token.get_secret_value() if self.admin_token is not None else ""
         if self.environment == "development" and not token.strip():

@@ -8,7 +8,6 @@ A running gateway notices a revocation or suspension within ``GATEWAY_AUTH_CACHE
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -25,7 +24,7 @@ from gateway.limit_spec import WRITTEN_NAMES, LimitSpec
 from gateway.records import ApiKey, TenantStatus
 from gateway.reporting.charts import render_usage_chart
 from gateway.reporting.reports import ReportPeriod, UsageReporter, render_csv, render_json, render_table
-from gateway.server import run_async
+from gateway.server import configure_logging, run_async
 from gateway.settings import Settings
 from gateway.store import Store, StoreError, create_store
 from gateway.store.base import UNSET
@@ -228,14 +227,16 @@ async def _usage_report(args: argparse.Namespace, settings: Settings, store: Sto
 
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.server import serve_gateway
+    from gateway.workers import serve
 
-    await serve_gateway(settings)
-    return 0
+    return await serve(settings)
 
 
 async def _up(args: argparse.Namespace, settings: Settings) -> int:
     from gateway.cli.embedded import run_embedded
+
+    if settings.workers > 1:
+        raise ConfigError("gateway up runs one gateway process; several workers are for gateway serve")
 
     return await run_embedded(settings, demo_tenant=args.demo_tenant, engine_base_port=args.engine_base_port)
 
@@ -332,7 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, help="the gateway's port (default: GATEWAY_PORT, 8000)")
     up.add_argument("--engine-base-port", type=int, help="first engine port (default: the pool spec's)")
     up.set_defaults(handler=_up)
-    commands.add_parser("serve", help="start the gateway only").set_defaults(handler=_serve)
+    serve = commands.add_parser("serve", help="start the gateway only")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="gateway processes on the port (default: GATEWAY_WORKERS, 1); >1 needs Redis",
+    )
+    serve.set_defaults(handler=_serve)
     _add_tenant_commands(commands)
     _add_key_commands(commands)
     _add_limit_commands(commands)
@@ -346,8 +353,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["config_path"] = args.config
     if args.database_url:
         overrides["database_url"] = args.database_url
-    if getattr(args, "port", None) is not None:
-        overrides["port"] = args.port
+    for name in ("port", "workers"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     settings = Settings.load(**overrides)
     return settings if args.command in ("up", "serve") else locate(settings, **overrides)
 
@@ -359,9 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         settings = _settings(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        configure_logging(settings.log_level)
         return run_async(handler(args, settings))
     except ConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")

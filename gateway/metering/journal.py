@@ -15,6 +15,9 @@ ignores a request id it has), and each ``S`` without an ``F`` becomes an ``inter
 its last known tokens. While the database is down, finished rows wait in the journal (and the
 writer's queue) and are inserted in order when it returns. A segment file is deleted once every
 request it started has finished and every row it holds is in the database.
+
+Several worker processes of one gateway (``gateway serve --workers N``) each journal in a
+directory of their own under one base (``open_journal``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 _LOCK = ".lock"
+WORKER_PREFIX = "worker-"
 
 
 class JournalLockedError(RuntimeError):
@@ -61,19 +65,23 @@ class Journal:
         self._finished_in: dict[str, int] = {}
         self._lock_fd: int | None = None
         self._leftovers: list[Path] = []
+        self._adopted_locks: list[int] = []  # other directories' locks, held until their rows are journaled
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
 
     # Lifecycle
 
     def open(self) -> list[dict[str, Any]]:
         """Lock the directory and return what the previous process left (see ``recovered_rows``)."""
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self._dir / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-            raise JournalLockedError(f"{self._dir} is in use by another gateway process") from exc
+        self._lock_fd = _try_lock(self._dir)
+        if self._lock_fd is None:
+            raise JournalLockedError(
+                f"{self._dir} is in use by another gateway process (several processes of one gateway: "
+                "`gateway serve --workers N`, or GATEWAY_WORKERS=N in each, gives each its own directory)"
+            )
         leftovers = sorted(self._dir.glob("segment-*.jsonl"))
         entries = [entry for path in leftovers for entry in _read_lines(path)]
         next_seq = max((_seq(p) for p in leftovers), default=0) + 1
@@ -82,11 +90,32 @@ class Journal:
         self._leftovers = leftovers
         return entries
 
+    def adopt(self, directory: Path) -> list[dict[str, Any]]:
+        """What a process no longer running left in another journal ``directory``, to recover here
+        like this one's own leftovers ([] when a live process holds it). Its lock is held, so no
+        other process recovers the same rows, until ``forget_leftovers`` has deleted them."""
+        lock = _try_lock(directory)
+        if lock is None:
+            return []
+        segments = sorted(directory.glob("segment-*.jsonl"))
+        if not segments:
+            os.close(lock)
+            return []
+        self._adopted_locks.append(lock)
+        self._leftovers += segments
+        return [entry for path in segments for entry in _read_lines(path)]
+
     def forget_leftovers(self) -> None:
         """Delete the previous process's segments once their rows are journaled again."""
         for path in self._leftovers:
             path.unlink(missing_ok=True)
         self._leftovers = []
+        self._release_adopted()
+
+    def _release_adopted(self) -> None:
+        for lock in self._adopted_locks:
+            os.close(lock)
+        self._adopted_locks = []
 
     def close(self) -> None:
         """Close the files; when everything is settled (a clean shutdown) nothing is left behind."""
@@ -100,6 +129,7 @@ class Journal:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+        self._release_adopted()
 
     # The request path
 
@@ -166,6 +196,52 @@ class Journal:
             os.close(segment.fd)
             segment.path.unlink(missing_ok=True)
             del self._segments[seq]
+
+
+def open_journal(base: Path, workers: int = 1, fsync: bool = False) -> tuple[Journal, list[dict[str, Any]]]:
+    """The journal of one of ``workers`` processes sharing ``base``, open, and what it is to recover.
+
+    One process journals in ``base`` itself. Each of several takes ``base/worker-<i>``, the lowest
+    ``i`` no live process holds (a lock dies with its process): a restarted worker takes its
+    predecessor's directory back and recovers what that one left. Each also recovers, under its
+    lock, any other directory that no current worker's slot names: ``base`` after a move from one
+    process to several, ``worker-<i>`` for ``i >= workers`` after their number shrank.
+    """
+    journal, entries = _take_slot(base, workers, fsync)
+    slots = {base} if workers == 1 else {base / f"{WORKER_PREFIX}{i}" for i in range(workers)}
+    try:
+        for directory in [base, *sorted(base.glob(f"{WORKER_PREFIX}*"))]:
+            if directory.is_dir() and directory not in slots and directory != journal.directory:
+                entries += journal.adopt(directory)
+    except BaseException:
+        journal.close()
+        raise
+    return journal, entries
+
+
+def _take_slot(base: Path, workers: int, fsync: bool) -> tuple[Journal, list[dict[str, Any]]]:
+    if workers == 1:
+        journal = Journal(base, fsync=fsync)
+        return journal, journal.open()
+    # Up to twice the slots: a rolling restart runs a new worker beside the one it replaces.
+    for index in range(2 * workers):
+        journal = Journal(base / f"{WORKER_PREFIX}{index}", fsync=fsync)
+        try:
+            return journal, journal.open()
+        except JournalLockedError:
+            continue
+    raise JournalLockedError(f"{2 * workers} gateway processes hold the journal directories under {base}")
+
+
+def _try_lock(directory: Path) -> int | None:
+    """An exclusive lock on ``directory`` (its open descriptor), or None when a process holds it."""
+    fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def recovered_rows(entries: list[dict[str, Any]], now: float) -> list[UsageRecord]:

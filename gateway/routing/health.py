@@ -16,7 +16,6 @@ panic threshold): ejecting it would turn its errors into 503s for everyone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -72,8 +71,7 @@ class HealthChecker:
 
     def forget(self, endpoint: Endpoint) -> None:
         """Drop a removed endpoint's ``gateway_engine_up`` series (pod addresses churn)."""
-        with contextlib.suppress(KeyError):
-            self._metrics.engine_up.remove(endpoint.model, endpoint.url)
+        self._metrics.forget_engine(endpoint.model, endpoint.url)
 
     async def check_round(self) -> None:
         """One background round (``gateway.supervisor`` runs it every ``interval_s``)."""

@@ -1,7 +1,10 @@
 """SQLite store (the embedded default): WAL mode, one connection on one dedicated thread.
 
 A single writer thread serialises access, which is what SQLite wants anyway, and keeps
-blocking I/O off the event loop.
+blocking I/O off the event loop. Several processes may share the file (``gateway serve
+--workers``): WAL lets them read beside the one writer, ``busy_timeout`` makes a writer wait its
+turn rather than fail, and every write that depends on what it reads (the ledger's ``seq``, the
+schema version, the reconciliation cursors) takes the write lock first (``BEGIN IMMEDIATE``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from gateway.store.rows import (
     usage_from_row,
 )
 from gateway.store.sqlite_events import SqliteEventLog
-from gateway.store.sqlite_ledger import insert_usage_rows
+from gateway.store.sqlite_ledger import insert_usage_batch
 from gateway.store.sqlite_reconcile import SqliteReconcile
 from gateway.store.sqlite_schema import migrate
 
@@ -75,7 +78,7 @@ class SqliteStore(SqliteReconcile):
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
-        self.events = SqliteEventLog(self._run)
+        self.events = SqliteEventLog(self._run, path)
 
     @classmethod
     def from_url(cls, database_url: str) -> SqliteStore:
@@ -98,9 +101,9 @@ class SqliteStore(SqliteReconcile):
     def _open_sync(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")  # first: another process may be switching to WAL
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.isolation_level = "DEFERRED"
         self._conn = conn
@@ -237,7 +240,7 @@ class SqliteStore(SqliteReconcile):
         return await self._run(update)
 
     async def insert_usage(self, records: Sequence[UsageRecord]) -> int:
-        return await self._run(lambda conn: insert_usage_rows(conn, records))
+        return await self._run(lambda conn: insert_usage_batch(conn, records))
 
     async def list_usage(
         self, tenant_id: str | None = None, start: float | None = None, end: float | None = None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from gateway.store.events import OutboxClaim, UsageEntry, entry_from_row, read_args, read_query
@@ -41,11 +44,13 @@ class _Claim:
 
 
 class SqliteEventLog:
-    """``UsageEventLog`` on SQLite. One process uses the file, so a claim is an in-process lock."""
+    """``UsageEventLog`` on SQLite. A claim is an exclusive ``flock`` on a file beside the database,
+    held for the round: one holder among every process on the file (``gateway serve --workers``)
+    and every store in one process; a process that dies lets go of it."""
 
-    def __init__(self, run: Runner) -> None:
+    def __init__(self, run: Runner, database: Path) -> None:
         self._run = run
-        self._claimed: set[str] = set()
+        self._database = database
 
     async def read(self, after: int, limit: int, tenant_id: str | None = None) -> list[UsageEntry]:
         sql, args = read_query("?", tenant_id), read_args(after, limit, tenant_id)
@@ -64,11 +69,14 @@ class SqliteEventLog:
 
     @asynccontextmanager
     async def claim(self, name: str) -> AsyncIterator[OutboxClaim | None]:
-        if name in self._claimed:
-            yield None
-            return
-        self._claimed.add(name)
+        lock = self._database.with_name(f"{self._database.name}.outbox-{name}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield None
+                return
             yield _Claim(self, name, await self.cursor(name))
         finally:
-            self._claimed.discard(name)
+            os.close(fd)  # lets go of the lock

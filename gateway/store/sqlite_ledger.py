@@ -10,7 +10,9 @@ from gateway.records import UsageRecord
 from gateway.store.rows import USAGE_COLUMNS, USAGE_FIELDS
 
 # ``seq`` numbers rows in the order they are written (the usage events' cursor); one writer at a
-# time in SQLite, so the next number is the largest so far plus one (an index lookup).
+# time in SQLite, so the next number is the largest so far plus one (an index lookup). Every batch
+# holds the write lock from its start, so processes sharing the file (``gateway serve --workers``)
+# never read the same largest ``seq`` (an ``OR IGNORE`` would drop a row whose ``seq`` collided).
 _PLACEHOLDERS = ", ".join("?" * len(USAGE_FIELDS))
 _INSERT_USAGE = (
     f"INSERT OR IGNORE INTO usage_ledger ({USAGE_COLUMNS}, seq) VALUES ({_PLACEHOLDERS}, "
@@ -49,3 +51,9 @@ def insert_usage_rows(conn: sqlite3.Connection, records: Sequence[UsageRecord]) 
     before = conn.total_changes
     conn.executemany(_INSERT_USAGE, [_usage_row(r) for r in records])
     return conn.total_changes - before
+
+
+def insert_usage_batch(conn: sqlite3.Connection, records: Sequence[UsageRecord]) -> int:
+    """``insert_usage_rows`` in a transaction of its own that takes the write lock first."""
+    conn.execute("BEGIN IMMEDIATE")
+    return insert_usage_rows(conn, records)

@@ -121,8 +121,10 @@ MIGRATIONS: list[str] = [
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the schema to the latest version, in one transaction."""
+    """Bring the schema to the latest version, in one transaction that holds the write lock from
+    its first read: workers starting together migrate once, the others wait and find it done."""
     with conn:
+        conn.execute("BEGIN IMMEDIATE")
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
         current = row[0] or 0

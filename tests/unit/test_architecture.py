@@ -13,8 +13,8 @@ packages' imports form no cycle):
 4. ``serving/`` — the request path: proxy, exchange, relay, upstream client
 5. ``state`` — what the lifespan built
 6. ``api/`` — the routes
-7. ``app``, then ``server`` and ``connections`` (uvicorn and the bounds on client connections),
-   then ``cli/``
+7. ``app``, then ``server``, ``connections`` and ``workers`` (uvicorn, the bounds on client
+   connections, several worker processes), then ``cli/``
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ LAYERS: list[set[str]] = [
     {"state"},
     {"api"},
     {"app"},
-    {"connections", "server"},
+    {"connections", "server", "workers"},
     {"cli"},
 ]
 

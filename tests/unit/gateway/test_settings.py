@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -84,6 +85,34 @@ def test_replicated_starts_on_postgres_and_redis(monkeypatch: pytest.MonkeyPatch
     settings = Settings(database_url="postgres://u@db:5432/gw", redis_url="redis://cache:6379/0")
     assert settings.replicated
     settings.check_startup()
+
+
+def test_several_workers_need_redis_for_their_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_WORKERS", "4")
+    settings = Settings.load()
+    assert settings.workers == 4
+    with pytest.raises(ConfigError) as refused:
+        settings.check_startup()
+    assert str(refused.value) == (
+        "4 workers (--workers, GATEWAY_WORKERS) need GATEWAY_REDIS_URL=redis://…: without it each worker "
+        "process would enforce every limit on its own (N workers, N times each tenant's limit) and keep "
+        "its own engine drains"
+    )
+    Settings(workers=4, redis_url="redis://cache:6379/0").check_startup()  # SQLite is fine: one host
+    Settings(workers=1).check_startup()
+
+
+def test_the_number_of_workers_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_WORKERS", "0")
+    with pytest.raises(ConfigError, match="^GATEWAY_WORKERS: Input should be greater than or equal to 1"):
+        Settings.load()
+
+
+def test_workers_metrics_files_default_to_one_folder_per_port() -> None:
+    settings = Settings(data_dir=Path("/srv/gw"), port=8100)
+    assert settings.metrics_path() == Path("/srv/gw/metrics/port-8100")
+    assert settings.journal_path() == Path("/srv/gw/journal/port-8100")  # worker-<i> below, one each
+    assert Settings(metrics_dir=Path("/run/gw-metrics")).metrics_path() == Path("/run/gw-metrics")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.metering.journal import Journal, JournalLockedError, recovered_rows
+from gateway.metering.journal import Journal, JournalLockedError, open_journal, recovered_rows
 from gateway.records import Outcome, UsageRecord
 
 
@@ -118,3 +118,69 @@ def test_a_clean_shutdown_leaves_nothing_to_recover(tmp_path: Path) -> None:
     again = Journal(tmp_path)
     assert again.open() == []
     again.close()
+
+
+def crash(directory: Path, *request_ids: str) -> None:
+    """A process that journaled ``request_ids`` finished in ``directory`` and was killed."""
+    journal = Journal(directory)
+    journal.open()
+    for request_id in request_ids:
+        journal.finished(record(request_id))
+    journal.close()
+
+
+def ids(entries: list[dict[str, object]]) -> list[str]:
+    return [r.request_id for r in recovered_rows(entries, now=1.0)]
+
+
+def test_each_worker_takes_its_own_directory_and_a_restarted_one_takes_it_back(tmp_path: Path) -> None:
+    first, _ = open_journal(tmp_path, workers=2)
+    second, _ = open_journal(tmp_path, workers=2)
+    assert (first.directory, second.directory) == (tmp_path / "worker-0", tmp_path / "worker-1")
+    first.finished(record("left-by-0"))
+    first.close()  # killed with a row the database never got
+    restarted, entries = open_journal(tmp_path, workers=2)
+    assert restarted.directory == tmp_path / "worker-0" and ids(entries) == ["left-by-0"]
+    restarted.close()
+    second.close()
+
+
+def test_a_rolling_restart_runs_a_worker_beyond_the_slots(tmp_path: Path) -> None:
+    journals = [open_journal(tmp_path, workers=2)[0] for _ in range(4)]
+    assert [j.directory.name for j in journals] == ["worker-0", "worker-1", "worker-2", "worker-3"]
+    with pytest.raises(JournalLockedError, match="4 gateway processes hold the journal directories"):
+        open_journal(tmp_path, workers=2)
+    for journal in journals:
+        journal.close()
+
+
+def test_directories_no_worker_owns_are_recovered_once_under_their_lock(tmp_path: Path) -> None:
+    crash(tmp_path, "single-process")  # the gateway ran as one process before
+    crash(tmp_path / "worker-2", "from-three-workers")  # then as three; now two
+    crash(tmp_path / "worker-1", "slot-1")  # a current slot: its next owner recovers it
+    journal, entries = open_journal(tmp_path, workers=2)
+    assert journal.directory == tmp_path / "worker-0"
+    assert sorted(ids(entries)) == ["from-three-workers", "single-process"]
+    # Until their rows are journaled again, the orphans stay locked: no one else recovers them.
+    other, others = open_journal(tmp_path, workers=2)
+    assert other.directory == tmp_path / "worker-1" and ids(others) == ["slot-1"]
+    for row in recovered_rows(entries, now=1.0):
+        journal.finished(row)
+    journal.forget_leftovers()
+    assert segments(tmp_path) == segments(tmp_path / "worker-2") == []
+    third, nothing = open_journal(tmp_path, workers=3)
+    assert third.directory == tmp_path / "worker-2" and nothing == []  # nothing is recovered twice
+    for opened in (journal, other, third):
+        opened.close()
+
+
+def test_a_live_workers_directory_is_not_recovered_by_one_process(tmp_path: Path) -> None:
+    worker, _ = open_journal(tmp_path, workers=3)
+    worker.finished(record("in-flight"))  # not yet in the database, but its process is alive
+    single, entries = open_journal(tmp_path, workers=1)
+    assert single.directory == tmp_path and entries == []
+    single.close()
+    worker.close()
+    single, entries = open_journal(tmp_path, workers=1)  # the worker is gone: its rows come back
+    assert ids(entries) == ["in-flight"]
+    single.close()
