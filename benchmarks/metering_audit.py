@@ -351,7 +351,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--gateway-env", nargs="*", default=[], metavar="NAME=VALUE")
     parser.add_argument("--work-dir", default="/tmp/metering-audit")
-    parser.add_argument("--out", default="benchmarks/results/metering_audit.json")
+    parser.add_argument("--out", default="benchmarks/out/metering_audit.json")
     args = parser.parse_args()
     phases = asyncio.run(main_async(args))
     print(table(phases))

@@ -4,8 +4,11 @@ For one engine and one period between quiet points, the residual of each kind is
 counted minus what the ledger holds (prompt tokens times choices: vLLM counts a prompt once per
 choice). Then:
 
-- a period with an engine restart is not allocated: what the engine counted since its previous
-  reading died with it; nothing is carried across it either;
+- a period with an engine restart is allocated like any other, but carries no negative residual
+  on: what the old process counted after its last reading died with it, so the engine's count is
+  then at most the truth and allocating a positive residual can never bill more than was made,
+  while a negative one may be those lost counts, not a ledger surplus to net later (a planned
+  restart, drained and read while idle, loses nothing: the audit in benchmarks/RESULTS.md);
 - a negative residual is never credited: it is carried to the engine's next period and netted
   against a later positive one, so over time Σ ledger + Σ adjustments == Σ engine;
 - a positive residual goes to the period's cut rows (aborted, interrupted, error), the only rows
@@ -59,8 +62,6 @@ class Allocation:
 def allocate(todo: PeriodToSettle) -> Allocation:
     """The module docstring's rules, for one period."""
     period, ledger = todo.period, todo.ledger
-    if period.resets:
-        return Allocation()
     prompt = period.prompt_tokens - ledger.prompt_tokens + todo.carry_prompt_tokens
     generation = period.generation_tokens - ledger.completion_tokens + todo.carry_generation_tokens
     cut = sorted(todo.cut_rows, key=lambda r: (r.ended_at, r.request_id))
@@ -73,6 +74,8 @@ def allocate(todo: PeriodToSettle) -> Allocation:
     if generation > 0 and cut:
         shares = equal_shares(generation, len(cut))
         completion_to = {r.request_id: s for r, s in zip(cut, shares, strict=True) if s}
+    if period.resets:
+        return Allocation(prompt_to, completion_to)
     return Allocation(prompt_to, completion_to, min(prompt, 0), min(generation, 0))
 
 

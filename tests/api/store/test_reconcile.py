@@ -175,7 +175,7 @@ def unpriced(todo: PeriodToSettle) -> Settlement:
     return plan_settlement(todo, price=lambda row: None)
 
 
-async def test_a_negative_residual_is_carried_to_the_next_period_and_a_restart_is_not_adjusted(
+async def test_a_negative_residual_is_carried_to_the_next_period_and_a_restart_is_adjusted_too(
     replicas: tuple[Store, Store],
 ) -> None:
     a, b = replicas
@@ -184,7 +184,7 @@ async def test_a_negative_residual_is_carried_to_the_next_period_and_a_restart_i
         reading(T0 + 10, 100, 10, quiet=True),  # period 1: the ledger holds 3 more completion tokens
         reading(T0 + 20, 200, 30, quiet=True),  # period 2: 4 more than the ledger: 3 are netted
         reading(T0 + 30, 5, 5, incarnation=2.0),  # a restart
-        reading(T0 + 40, 50, 20, quiet=True, incarnation=2.0),  # period 3: reported, not adjusted
+        reading(T0 + 40, 50, 20, quiet=True, incarnation=2.0),  # period 3: the new process's 50/20
     ]
     for sample in readings:
         await b.record_engine_sample(sample)
@@ -205,7 +205,8 @@ async def test_a_negative_residual_is_carried_to_the_next_period_and_a_restart_i
     assert [d.settlement.carry_generation_tokens for d in done if d] == [-3, 0, 0]
     adjustments = [r for r in await a.list_usage() if r.outcome == Outcome.adjustment]
     assert [(r.request_id, r.prompt_tokens, r.completion_tokens) for r in adjustments] == [
-        ("adj_req_3", 0, 2)
+        ("adj_req_3", 0, 2),
+        ("adj_req_4", 50, 20),  # what the restarted engine counted and nobody billed
     ]
     # Drift over periods without a restart: -3 then +2 (5 minus the 3 carried): engine = ledger + adjustments
     assert await a.metering_drift(T0) == {ENGINE: 0}

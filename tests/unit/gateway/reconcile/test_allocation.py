@@ -92,10 +92,17 @@ def test_a_negative_residual_is_carried_and_netted_against_the_next_positive_one
     assert (second.carry_prompt_tokens, second.carry_generation_tokens) == (0, 0)
 
 
-def test_a_period_with_a_restart_is_not_allocated_and_carries_nothing() -> None:
+def test_a_period_with_a_restart_is_allocated_but_carries_nothing_on() -> None:
+    """The engine's count after a restart is at most the truth (the old process's last counts died
+    with it): a positive residual is still what the engine made and nobody billed; a negative one
+    may be those lost counts, so it is not netted against later periods."""
     period = ClosedPeriod(ENGINE, 0.0, 100.0, 500, 500, 0, resets=1)
     allocation = allocate(PeriodToSettle(period, LedgerTokens(), [cut("req_a", 10)], -7, -2))
-    assert allocation == type(allocation)()
+    assert (allocation.prompt_tokens, allocation.completion_tokens) == ({"req_a": 493}, {"req_a": 498})
+    assert (allocation.carry_prompt_tokens, allocation.carry_generation_tokens) == (0, 0)
+    short = ClosedPeriod(ENGINE, 0.0, 100.0, 5, 5, 0, resets=1)
+    allocation = allocate(PeriodToSettle(short, LedgerTokens(50, 0, 50), [cut("req_a", 10)]))
+    assert allocation == type(allocation)()  # nothing allocated, and -45 not carried
 
 
 def test_with_no_cut_row_the_residual_stays_unexplained() -> None:
