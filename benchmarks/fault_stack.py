@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +27,7 @@ import yaml
 from benchmarks.routing_stack import DATA_DIR, MODEL, VLLM_ARGS, VLLM_ENV
 from engines.models import TINY_LLAMA, resolve_model_source
 from tests.support.metrics import total
-from tests.support.processes import REPO, Process, free_port
+from tests.support.processes import Process, free_port, gateway_cli
 
 Engine = Literal["sim", "vllm"]
 ADMIN_TOKEN = "faults-benchmark-" + "7c4e9a1b2d3f" * 3
@@ -76,16 +74,7 @@ class GatewayHandle:
 
     def cli(self, *args: str) -> str:
         """The ``gateway`` CLI on this gateway's database; its stdout."""
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *args],
-            env={**os.environ, **self.env},
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return done.stdout
+        return gateway_cli(self.env, *args)
 
     def new_key(self, tenant: str, max_concurrent: int | None = None) -> str:
         """A tenant (limited to ``max_concurrent`` requests in flight, if given) and a key for it."""

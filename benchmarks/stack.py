@@ -6,8 +6,6 @@ Everything listens on 127.0.0.1 only, and every process started here is stopped 
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.support.processes import REPO, Process, free_port
+from tests.support.processes import Process, free_port, gateway_cli
 
 MODEL = "sim-model"
 TENANT = "bench"
@@ -76,20 +74,8 @@ def _gateway_env(tmp: Path, engine_port: int, gateway_port: int, options: Gatewa
 def tenant_key(env: dict[str, str], tenant: str) -> str:
     """Create ``tenant`` and a key for it with the ``gateway`` CLI on ``env``'s database; the secret."""
 
-    def cli(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *args],
-            env={**os.environ, **env},
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return done.stdout
-
-    cli("tenants", "create", tenant)
-    return cli("keys", "create", "--tenant", tenant).strip().splitlines()[-1]
+    gateway_cli(env, "tenants", "create", tenant)
+    return gateway_cli(env, "keys", "create", "--tenant", tenant).strip().splitlines()[-1]
 
 
 def _wait_for_workers(url: str, workers: int, timeout_s: float = 60) -> None:

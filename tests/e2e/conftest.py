@@ -20,7 +20,7 @@ from gateway.records import UsageRecord
 from gateway.store import create_store
 from tests.support.metrics import total
 from tests.support.postgres import require_postgres, temporary_schema
-from tests.support.processes import REPO, Process, free_port
+from tests.support.processes import REPO, Process, free_port, gateway_cli
 
 TINY = "tiny-llama"
 MINILM = "minilm"
@@ -103,18 +103,7 @@ class GatewayProcess:
 
     def cli(self, *args: str) -> str:
         """Run the ``gateway`` CLI against this gateway's database; returns stdout."""
-        import subprocess
-
-        done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", *args],
-            env={**os.environ, **self.env},
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return done.stdout
+        return gateway_cli(self.env, *args)
 
     def new_key(self, tenant: str, *flags: str) -> str:
         self.cli("tenants", "create", tenant)

@@ -96,3 +96,17 @@ def start_sim(tmp: Path, model: str = "sim-model", *flags: str) -> tuple[Process
         proc.stop()
         raise
     return proc, url
+
+
+def gateway_cli(env: dict[str, str], *args: str) -> str:
+    """Run the ``gateway`` CLI with ``env`` (its database, its settings) over ours; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        env={**os.environ, **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
