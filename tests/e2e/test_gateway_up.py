@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from openai import OpenAI
 
 from tests.support.processes import REPO, Process, free_port
 
@@ -52,6 +53,39 @@ def snippets(banner: str) -> tuple[str, str, str]:
         note = commands.pop()  # where the CLI finds the data: said after the snippets
     assert note is not None and len(commands) == 2 and commands[0].startswith("curl "), commands
     return key.group(1), commands[0], commands[1]
+
+
+def surfaces_of_the_demo(port: int, key: str) -> None:
+    """``models.retrieve``, ``responses.create`` (whole and streamed) and a tool call, through the
+    openai SDK against ``gateway up``'s demo model."""
+    sdk = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+    model = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())["pools"][0]["served_name"]
+    assert sdk.models.retrieve(model).id == model
+    whole = sdk.responses.create(model=model, input="Hello!", max_output_tokens=8)
+    assert whole.usage is not None and whole.usage.output_tokens > 0
+    events = list(sdk.responses.create(model=model, input="Hello!", max_output_tokens=8, stream=True))
+    assert events and events[-1].type in ("response.completed", "response.incomplete")
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    chat = sdk.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[weather],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=32,
+    )
+    calls = chat.choices[0].message.tool_calls or []
+    assert calls and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
 
 
 def own_usage(port: int, key: str, expected: int) -> dict[str, object]:
@@ -99,8 +133,11 @@ def test_gateway_up_serves_the_printed_snippets_and_stops_on_ctrl_c(tmp_path: Pa
         said = subprocess.run(["bash", "-c", python], capture_output=True, text=True, timeout=120)
         assert said.returncode == 0 and said.stdout.strip(), said.stderr[-2000:]
 
-        # Both requests are the demo tenant's usage, readable with its own key.
-        assert own_usage(port, key, expected=2)["requests"] == 2
+        # The surfaces a newcomer's SDK calls next, on the same demo: three more metered requests.
+        surfaces_of_the_demo(port, key)
+
+        # Every request is the demo tenant's usage, readable with its own key.
+        assert own_usage(port, key, expected=5)["requests"] == 5
     finally:
         proc.signal(signal.SIGINT)  # what Ctrl-C in the terminal sends to the whole group
         code = proc.popen.wait(60)
