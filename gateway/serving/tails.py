@@ -30,10 +30,6 @@ class TailReader:
         if not task.cancelled() and task.exception() is not None:
             logger.error("reading a cut stream's tail failed", exc_info=task.exception())
 
-    @property
-    def running(self) -> int:
-        return len(self._tasks)
-
     async def wait(self) -> None:
         """Until the tails being read now are done (at shutdown: before the ledger closes)."""
         if self._tasks:
